@@ -1,0 +1,3 @@
+from snapbatch.cli import main
+
+raise SystemExit(main())

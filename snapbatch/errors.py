@@ -1,0 +1,81 @@
+"""Every error snapbatch raises on purpose.
+
+    SnapbatchError                 root; str() is a whole sentence for the user
+    ├── ManifestError              the manifest (or an ID file) is wrong: carries every Problem found
+    ├── UsageError                 a command line that cannot work (bad flag value, http:// to a remote host)
+    ├── CredentialsError           no usable AccessKey was found; says the three ways to give one
+    ├── StateError                 the state file cannot be opened, read or written (disk full, read-only)
+    └── LockedError                another run holds the state file; names the holder
+
+A failed *request* is never an exception: the client turns every answer into an Outcome.
+Only ``cli.main`` turns these into exit codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CredentialsError",
+    "LockedError",
+    "ManifestError",
+    "Problem",
+    "SnapbatchError",
+    "StateError",
+    "UsageError",
+]
+
+
+class SnapbatchError(Exception):
+    """Root of snapbatch's own errors."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or worth a warning) in a manifest, located as precisely as possible."""
+
+    file: str
+    line: int | None
+    col: int | None
+    where: str
+    message: str
+    severity: str = "error"  # "error" or "warning"
+
+    def format(self) -> str:
+        loc = self.file
+        if self.line is not None:
+            loc += f":{self.line}:{self.col if self.col is not None else 1}"
+        label = "warning: " if self.severity == "warning" else ""
+        where = f" {self.where}:" if self.where else ""
+        return f"{loc}:{where} {label}{self.message}"
+
+
+class ManifestError(SnapbatchError):
+    """The manifest cannot be used; ``problems`` lists every error (and the warnings found so far)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        first = errors[0].format() if errors else "invalid manifest"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first + more)
+
+
+class UsageError(SnapbatchError):
+    """A command line or setting that cannot work."""
+
+
+class CredentialsError(SnapbatchError):
+    """No AccessKey could be found, or the one found is unusable."""
+
+
+class StateError(SnapbatchError):
+    """The state file cannot be used."""
+
+
+class LockedError(SnapbatchError):
+    """Another run holds the state file."""
+
+    def __init__(self, message: str, holder: dict[str, object]) -> None:
+        self.holder = holder
+        super().__init__(message)

@@ -1,0 +1,148 @@
+"""Manifest -> the requests it names, in a deterministic order, each with a stable key.
+
+Pure apart from reading ID files. Order: jobs as written, each job's IDs as listed, each ID's templates
+as listed. A key is a hash of the batch name and the exact wire parameters (ID included), so the same
+request made by two jobs has one key and is sent once, and renaming the batch starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from snapbatch.errors import ManifestError, Problem
+from snapbatch.ids import check_id, read_ids
+from snapbatch.models import Job, Manifest, Request
+
+__all__ = ["KEY_CHARS", "Survey", "duplicate_candidates", "expand", "survey"]
+
+KEY_CHARS = 24
+MAX_DUPLICATE_WARNINGS = 20
+
+
+def _variant_hashers(batch: str, job: Job) -> list[hashlib.blake2b]:
+    hashers = []
+    for variant in job.variants:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps([batch, variant.params], separators=(",", ":"), ensure_ascii=False).encode())
+        hashers.append(h)
+    return hashers
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    request: Request
+    fingerprint: int
+    file: str
+    line: int | None
+    col: int | None
+    where: str
+
+
+def _items(manifest: Manifest) -> Iterator[_Item]:
+    for job in manifest.jobs:
+        hashers = _variant_hashers(manifest.batch, job)
+        kind = job.ids.kind
+        where = job.ids.loc.where
+        for entry in read_ids(job.ids):
+            problem = entry.error or check_id(kind, entry.value)
+            if problem is not None:  # the file changed since it was checked
+                raise ManifestError([Problem(entry.file, entry.line, entry.col, job.ids.loc.where, problem)])
+            tail = f"\x00{kind}\x00{entry.value}".encode()
+            for variant, hasher in zip(job.variants, hashers, strict=True):
+                h = hasher.copy()
+                h.update(tail)
+                digest = h.digest()
+                params = {kind: entry.value, **dict(variant.params)}
+                request = Request(digest.hex()[:KEY_CHARS], job.name, variant.template, kind, entry.value, params)
+                yield _Item(request, int.from_bytes(digest[:8], "big"), entry.file, entry.line, entry.col, where)
+
+
+_BLOOM_BITS = 1 << 25  # 4 MiB: a million requests give about 200 false candidates
+
+
+def duplicate_candidates(manifest: Manifest) -> set[int]:
+    """Fingerprints that may occur more than once: every true duplicate plus a few false ones.
+
+    A fixed-size Bloom filter keeps memory flat however many requests there are; the exact check then
+    only has to remember the candidates.
+    """
+    bits = bytearray(_BLOOM_BITS // 8)
+    mask = _BLOOM_BITS - 1
+    candidates: set[int] = set()
+    for item in _items(manifest):
+        fp = item.fingerprint
+        present = True
+        for shift in (0, 16, 32, 48):
+            pos = ((fp >> shift) * 0x9E3779B1) & mask
+            byte, bit = pos >> 3, 1 << (pos & 7)
+            if not bits[byte] & bit:
+                present = False
+                bits[byte] |= bit
+        if present:
+            candidates.add(fp)
+    return candidates
+
+
+def expand(
+    manifest: Manifest, *, candidates: set[int] | None = None, fold_duplicates: bool = True
+) -> Iterator[Request]:
+    """Every request, duplicates folded (the first occurrence stays) unless asked otherwise."""
+    if fold_duplicates and candidates is None:
+        candidates = duplicate_candidates(manifest)
+    seen: set[int] = set()
+    for item in _items(manifest):
+        if candidates and item.fingerprint in candidates:
+            if item.fingerprint in seen:
+                continue
+            seen.add(item.fingerprint)
+        yield item.request
+
+
+@dataclass
+class Survey:
+    """What a manifest expands to, counted without keeping the requests."""
+
+    total: int = 0  # before folding duplicates
+    unique: int = 0
+    per_variant: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)  # by job
+    warnings: list[Problem] = field(default_factory=list)
+    candidates: set[int] = field(default_factory=set)
+
+
+def survey(manifest: Manifest) -> Survey:
+    """Count requests per job and template and find duplicates, each duplicate a warning (the first few)."""
+    result = Survey(candidates=duplicate_candidates(manifest))
+    seen: set[int] = set()
+    for item in _items(manifest):
+        result.total += 1
+        request = item.request
+        if item.fingerprint in result.candidates:
+            if item.fingerprint in seen:
+                result.duplicates[request.job] += 1
+                if sum(result.duplicates.values()) <= MAX_DUPLICATE_WARNINGS:
+                    result.warnings.append(
+                        Problem(
+                            item.file,
+                            item.line,
+                            item.col,
+                            item.where,
+                            f"{request.id_kind} {request.video} with these parameters is already requested earlier; "
+                            "it is sent once",
+                            "warning",
+                        )
+                    )
+                continue
+            seen.add(item.fingerprint)
+        result.unique += 1
+        result.per_variant[(request.job, request.template)] += 1
+    extra = sum(result.duplicates.values()) - MAX_DUPLICATE_WARNINGS
+    if extra > 0:
+        result.warnings.append(
+            Problem(str(manifest.path), None, None, "", f"{extra} more duplicate requests folded", "warning")
+        )
+    return result

@@ -1,0 +1,86 @@
+"""Frozen data shared by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapbatch.errors import Problem
+
+__all__ = [
+    "DEFAULT_QPS",
+    "DEFAULT_REGION",
+    "IdSource",
+    "Job",
+    "Loc",
+    "Manifest",
+    "Request",
+    "Variant",
+]
+
+DEFAULT_QPS = 30.0
+DEFAULT_REGION = "cn-shanghai"
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """Where something stands: a file, 1-based line and column, and a path such as ``jobs[1].videos``."""
+
+    file: str
+    line: int | None
+    col: int | None
+    where: str
+
+    def problem(self, message: str, severity: str = "error") -> Problem:
+        return Problem(self.file, self.line, self.col, self.where, message, severity)
+
+
+@dataclass(frozen=True, slots=True)
+class IdSource:
+    """Where a job's IDs come from: inline values, or a text/CSV file read lazily."""
+
+    kind: str  # "VideoId" or "ReferenceId": the API parameter the IDs are sent as
+    loc: Loc
+    inline: tuple[tuple[str, Loc], ...] | None = None
+    file: Path | None = None
+    column: str | None = None
+    column_loc: Loc | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One final parameter set of a job (one per template): wire-ready strings, without the ID."""
+
+    template: str | None
+    params: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    loc: Loc
+    ids: IdSource
+    variants: tuple[Variant, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    path: Path
+    batch: str
+    region: str | None  # None: not set in the manifest (environment or default decides)
+    endpoint: str | None
+    qps: float
+    jobs: tuple[Job, ...]
+    warnings: tuple[Problem, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One SubmitSnapshotJob call: ``params`` are exactly the API parameters sent, ID included."""
+
+    key: str
+    job: str
+    template: str | None
+    id_kind: str
+    video: str
+    params: dict[str, str]
