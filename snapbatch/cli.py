@@ -10,7 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import anyio
+
 from snapbatch import __version__
+from snapbatch.emulator import Emulator, EmulatorConfig, load_videos
 from snapbatch.endpoint import resolve_endpoint, resolve_region
 from snapbatch.errors import ManifestError, Problem, SnapbatchError, UsageError
 from snapbatch.expand import expand, survey
@@ -20,7 +23,7 @@ from snapbatch.report import plan_jsonl, plan_line, plan_summary
 
 __all__ = ["COMMANDS", "EXIT", "main"]
 
-COMMANDS = ("validate", "plan")
+COMMANDS = ("validate", "plan", "emulator")
 
 EXIT = {
     "ok": 0,
@@ -32,6 +35,9 @@ EXIT = {
     "state": 6,
     "interrupted": 130,
 }
+
+EMULATOR_KEY_ID = "emulator-access-key-id"
+EMULATOR_KEY_SECRET = "emulator-access-key-secret"  # the emulator's own throwaway key, not an Alibaba Cloud one
 
 _EPILOG_MAIN = """\
 commands:
@@ -110,7 +116,63 @@ def _parser(out: _Out) -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true", help="text format: the summary only, no request lines")
     _add_target_args(p)
     p.add_argument("--qps", type=_positive_float, help="estimate at this rate instead of the manifest's")
+    p = sub.add_parser(
+        "emulator",
+        help="serve a local VOD endpoint",
+        formatter_class=fmt,
+        description="Serve a local ApsaraVideo VOD endpoint until stopped (Ctrl-C): it checks V1 and V3 "
+        "signatures, the timestamp, nonce reuse and STS tokens, enforces the per-second limit per AccessKeyId "
+        "(Throttling.User), answers SubmitSnapshotJob and GetJobDetail with the real JSON and HTTP statuses, "
+        "and injects faults on request. Prints where it listens and which credentials it accepts.",
+        epilog="examples:\n  snapbatch emulator --port 8080\n"
+        "  snapbatch emulator --qps 30 --latency-ms 20 80 --fail InternalError=0.05 --fail drop-after=0.01 "
+        "--log calls.jsonl\n\nfault codes: any VOD error Code (Throttling.User, ServiceUnavailable, "
+        "InternalError, Forbidden.RAM, ...), drop-before (close without answer, no job) and drop-after (make the "
+        "job, then close without answer)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    p.add_argument("--qps", type=_positive_float, default=30.0, help="calls per second per AccessKeyId (30)")
+    p.add_argument(
+        "--latency-ms",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        default=(0.0, 0.0),
+        help="answer after a uniform random delay in [LO, HI] ms",
+    )
+    p.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        metavar="CODE=RATE",
+        type=_fault,
+        help="answer CODE (or drop-before / drop-after) for this share of calls; repeatable",
+    )
+    p.add_argument(
+        "--videos",
+        type=Path,
+        metavar="FILE",
+        help="known videos, `VideoId` or `VideoId,ReferenceId` lines; others get InvalidVideo.NotFound",
+    )
+    p.add_argument("--log", type=Path, metavar="FILE", help="append every call as a JSON line (no secrets)")
+    p.add_argument("--job-seconds", type=float, default=2.0, help="GetJobDetail says Processing this long (2)")
+    p.add_argument("--access-key-id", default=EMULATOR_KEY_ID)
+    p.add_argument("--access-key-secret", default=EMULATOR_KEY_SECRET)
+    p.add_argument("--security-token", help="require this STS token")
+    p.add_argument("--seed", type=int, help="seed for faults and latency, for repeatable runs")
     return parser
+
+
+def _fault(text: str) -> tuple[str, float]:
+    code, sep, rate = text.partition("=")
+    try:
+        value = float(rate)
+    except ValueError:
+        value = -1.0
+    if not sep or not code or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CODE=RATE with RATE between 0 and 1")
+    return code, value
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
@@ -153,6 +215,8 @@ def main(
             return _validate(args, environ, out)
         if args.command == "plan":
             return _plan(args, environ, out)
+        if args.command == "emulator":
+            return _emulator(args, out)
     except ManifestError as exc:
         out.problems(exc.problems)
         return EXIT["usage"]
@@ -233,4 +297,50 @@ def _plan(args: argparse.Namespace, env: Mapping[str, str], out: _Out) -> int:
         write("\n")
         for request in expand(manifest, candidates=found.candidates):
             write(plan_line(request) + "\n")
+    return EXIT["ok"]
+
+
+def _emulator(args: argparse.Namespace, out: _Out) -> int:
+    faults = dict(args.fail)
+    if sum(faults.values()) > 1:
+        raise UsageError("the --fail rates add up to more than 1")
+    try:
+        videos = load_videos(args.videos) if args.videos else None
+    except OSError as exc:
+        raise UsageError(f"cannot read --videos {args.videos}: {exc.strerror or exc}") from None
+    config = EmulatorConfig(
+        credentials={args.access_key_id: (args.access_key_secret, args.security_token)},
+        qps=args.qps,
+        latency_ms=tuple(args.latency_ms),
+        faults=faults,
+        videos=videos,
+        job_seconds=args.job_seconds,
+        seed=args.seed,
+    )
+    log = args.log.open("a", encoding="utf-8") if args.log else None
+    emulator = Emulator(config, log_file=log)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(emulator.serve, args.host, args.port)
+            secret = (
+                ("secret " + EMULATOR_KEY_SECRET)
+                if args.access_key_secret == EMULATOR_KEY_SECRET
+                else "the secret given"
+            )
+            token = " and the security token given" if args.security_token else ""
+            print(f"snapbatch emulator listening on http://{args.host}:{port}", file=out.stdout)
+            print(
+                f"accepting AccessKeyId {args.access_key_id} with {secret}{token}; {args.qps:g} calls/s per key",
+                file=out.stdout,
+                flush=True,
+            )
+
+    try:
+        anyio.run(serve)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if log is not None:
+            log.close()
     return EXIT["ok"]

@@ -14,6 +14,7 @@ __all__ = [
     "Job",
     "Loc",
     "Manifest",
+    "Outcome",
     "Request",
     "Variant",
 ]
@@ -84,3 +85,32 @@ class Request:
     id_kind: str
     video: str
     params: dict[str, str]
+
+
+# Outcome kinds. "accepted" made a job; "throttled" and "transient" certainly made none and may be retried;
+# "in_doubt" may have made one (the answer was lost); "failed" is this request's fault; "fatal" is the
+# account's or the credentials' and stops the run.
+ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL = (
+    "accepted",
+    "throttled",
+    "transient",
+    "in_doubt",
+    "failed",
+    "fatal",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's result, classified by the service's error Code (HTTP status only as a fallback)."""
+
+    kind: str
+    job_id: str | None = None
+    request_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    http_status: int | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in (THROTTLED, TRANSIENT, IN_DOUBT)

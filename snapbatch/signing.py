@@ -22,7 +22,9 @@ __all__ = [
     "parse_authorization",
     "sign_v1",
     "sign_v3",
+    "v1_string_to_sign",
     "v3_headers",
+    "v3_string_to_sign",
 ]
 
 V3_ALGORITHM = "ACS3-HMAC-SHA256"
@@ -40,7 +42,9 @@ class Credentials:
 
     def __repr__(self) -> str:
         token = ", security_token=***" if self.security_token else ""
-        return f"Credentials(access_key_id={self.access_key_id!r}, access_key_secret=***{token}, source={self.source!r})"
+        return (
+            f"Credentials(access_key_id={self.access_key_id!r}, access_key_secret=***{token}, source={self.source!r})"
+        )
 
     __str__ = __repr__
 
@@ -58,9 +62,13 @@ def canonical_query(params: Mapping[str, str]) -> str:
     return "&".join(f"{encode(k)}={encode(v)}" for k, v in sorted(params.items()))
 
 
+def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
+    return f"{method.upper()}&%2F&{encode(canonical_query(params))}"
+
+
 def sign_v1(method: str, params: Mapping[str, str], secret: str) -> str:
     """The V1 Signature of ``params`` (every parameter but Signature itself)."""
-    string_to_sign = f"{method.upper()}&%2F&{encode(canonical_query(params))}"
+    string_to_sign = v1_string_to_sign(method, params)
     digest = hmac.new(f"{secret}&".encode(), string_to_sign.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
@@ -93,18 +101,23 @@ def sign_v3(
     secret: str,
 ) -> str:
     """The Authorization header value for ``headers`` (every one of them signed)."""
-    lowered: dict[str, str] = {}
-    for name, value in headers.items():
-        lowered[name.lower()] = value.strip()
+    signed, string_to_sign = v3_string_to_sign(method, path, query, headers, payload_sha256)
+    signature = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return f"{V3_ALGORITHM} Credential={access_key_id},SignedHeaders={signed},Signature={signature}"
+
+
+def v3_string_to_sign(
+    method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], payload_sha256: str
+) -> tuple[str, str]:
+    """(signed header names joined by ;, string to sign)."""
+    lowered = {name.lower(): value.strip() for name, value in headers.items()}
     names = sorted(lowered)
     canonical_headers = "".join(f"{n}:{lowered[n]}\n" for n in names)
     signed = ";".join(names)
     canonical_request = "\n".join(
         [method.upper(), path or "/", canonical_query(query), canonical_headers, signed, payload_sha256]
     )
-    string_to_sign = f"{V3_ALGORITHM}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-    signature = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"{V3_ALGORITHM} Credential={access_key_id},SignedHeaders={signed},Signature={signature}"
+    return signed, f"{V3_ALGORITHM}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
 
 
 def parse_authorization(value: str) -> dict[str, str] | None:

@@ -11,9 +11,14 @@ from snapbatch.signing import Credentials, encode, sign_v1, sign_v3
 def test_v1_published_vector() -> None:
     """The VOD docs' GetVideoPlayAuth example signs to Ibgh7y8Vp47LBuAsf5Xhi1SvDss=."""
     params = {
-        "Action": "GetVideoPlayAuth", "Version": "2017-03-21", "VideoId": "5aed81b74ba84920be578cdfe004af4b",
-        "Format": "JSON", "AccessKeyId": "testAccessKeyId", "SignatureMethod": "HMAC-SHA1",
-        "SignatureVersion": "1.0", "SignatureNonce": "8f8a035d-6496-4268-afd4-67c22837e38d",
+        "Action": "GetVideoPlayAuth",
+        "Version": "2017-03-21",
+        "VideoId": "5aed81b74ba84920be578cdfe004af4b",
+        "Format": "JSON",
+        "AccessKeyId": "testAccessKeyId",
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureVersion": "1.0",
+        "SignatureNonce": "8f8a035d-6496-4268-afd4-67c22837e38d",
         "Timestamp": "2017-10-10T12:02:54Z",
     }
     assert sign_v1("GET", params, "testAccessKeySecret") == "Ibgh7y8Vp47LBuAsf5Xhi1SvDss="
@@ -22,15 +27,20 @@ def test_v1_published_vector() -> None:
 def test_v3_published_vector() -> None:
     """Alibaba's RunInstances worked example signs to 06563a9e…3c0."""
     auth = sign_v3(
-        method="POST", path="/",
+        method="POST",
+        path="/",
         query={"ImageId": "win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd", "RegionId": "cn-shanghai"},
         headers={
-            "host": "ecs.cn-shanghai.aliyuncs.com", "x-acs-action": "RunInstances", "x-acs-version": "2014-05-26",
-            "x-acs-date": "2023-10-26T10:22:32Z", "x-acs-signature-nonce": "3156853299f313e23d1673dc12e1703d",
+            "host": "ecs.cn-shanghai.aliyuncs.com",
+            "x-acs-action": "RunInstances",
+            "x-acs-version": "2014-05-26",
+            "x-acs-date": "2023-10-26T10:22:32Z",
+            "x-acs-signature-nonce": "3156853299f313e23d1673dc12e1703d",
             "x-acs-content-sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         },
         payload_sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        access_key_id="YourAccessKeyId", secret="YourAccessKeySecret",
+        access_key_id="YourAccessKeyId",
+        secret="YourAccessKeySecret",
     )
     assert auth.endswith("Signature=06563a9e1b43f5dfe96b81484da74bceab24a1d853912eee15083a6f0f3283c0")
     assert auth.startswith("ACS3-HMAC-SHA256 Credential=YourAccessKeyId,SignedHeaders=host;x-acs-action;")
@@ -74,13 +84,25 @@ def test_v3_matches_official(query: dict[str, str], secret: str, nonce: str) -> 
     from alibabacloud_tea_openapi.utils import Utils
     from darabonba.request import DaraRequest
 
-    headers = {"host": "vod.cn-shanghai.aliyuncs.com", "x-acs-action": "SubmitSnapshotJob",
-               "x-acs-version": "2017-03-21", "x-acs-date": "2026-11-25T12:00:00Z", "x-acs-signature-nonce": nonce,
-               "x-acs-content-sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}
+    headers = {
+        "host": "vod.cn-shanghai.aliyuncs.com",
+        "x-acs-action": "SubmitSnapshotJob",
+        "x-acs-version": "2017-03-21",
+        "x-acs-date": "2026-11-25T12:00:00Z",
+        "x-acs-signature-nonce": nonce,
+        "x-acs-content-sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    }
     request = DaraRequest()
     request.method, request.pathname, request.query, request.headers = "POST", "/", dict(query), dict(headers)
     payload = headers["x-acs-content-sha256"]
     official = Utils.get_authorization(request, "ACS3-HMAC-SHA256", payload, "AKID", secret)
-    ours = sign_v3(method="POST", path="/", query=query, headers=headers, payload_sha256=payload,
-                   access_key_id="AKID", secret=secret)
+    ours = sign_v3(
+        method="POST",
+        path="/",
+        query=query,
+        headers=headers,
+        payload_sha256=payload,
+        access_key_id="AKID",
+        secret=secret,
+    )
     assert ours == official

@@ -1,0 +1,181 @@
+"""One SubmitSnapshotJob call -> an Outcome. One pooled httpx.AsyncClient; V3 signatures made per attempt."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Generator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from snapbatch.endpoint import check_url
+from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
+from snapbatch.signing import Credentials, canonical_query, sign_v3, v3_headers
+
+__all__ = ["API_VERSION", "VodClient", "classify"]
+
+API_VERSION = "2017-03-21"
+_TRANSIENT_CODES = {"ServiceUnavailable", "ServiceUnAvailable", "InternalError", "SignatureNonceUsed", "ServiceTimeout"}
+_FAILED_CODES = {
+    "InvalidVideo.NotFound",
+    "NoSuchResource",
+    "Forbidden.IllegalStatus",
+    "InvalidParameter",
+    "MissingParameter",
+}
+_FATAL_PREFIXES = (
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidSecurityToken",
+    "Forbidden",
+    "OperationDenied",
+    "InvalidTimeStamp",
+    "IncompleteSignature",
+)
+_FATAL_HINTS = {
+    "SignatureDoesNotMatch": "check the AccessKey secret",
+    "InvalidAccessKeyId": "check the AccessKeyId (is it deleted or disabled?)",
+    "InvalidSecurityToken": "the STS token is wrong or expired; get a fresh one",
+    "Forbidden": "the RAM user lacks permission vod:SubmitSnapshotJob",
+    "OperationDenied": "the account cannot use VOD (suspended or overdue?)",
+    "InvalidTimeStamp": "this machine's clock is more than 15 minutes off; fix the time",
+}
+
+
+def classify(status: int, body: bytes) -> Outcome:
+    """An HTTP answer -> Outcome, by error Code; a body that is not VOD's JSON by status alone."""
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        snippet = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
+        message = f"HTTP {status} with a body that is not VOD's JSON: {snippet!r}"
+        if 200 <= status < 300:
+            return Outcome(IN_DOUBT, message=message, http_status=status)
+        return Outcome(TRANSIENT if status >= 500 or status == 429 else FATAL, message=message, http_status=status)
+    request_id = doc.get("RequestId")
+    job = doc.get("SnapshotJob")
+    if 200 <= status < 300 and isinstance(job, dict) and job.get("JobId"):
+        return Outcome(ACCEPTED, job_id=str(job["JobId"]), request_id=request_id, http_status=status)
+    code = str(doc.get("Code") or "")
+    message = str(doc.get("Message") or "")
+    if 200 <= status < 300 and not code:
+        return Outcome(IN_DOUBT, request_id=request_id, message="HTTP 200 without a JobId", http_status=status)
+    if code.startswith("Throttling"):
+        kind = THROTTLED
+    elif code in _TRANSIENT_CODES:
+        kind = TRANSIENT
+    elif code in _FAILED_CODES or code.startswith(("InvalidVideo", "InvalidParameter", "MissingParameter")):
+        kind = FAILED
+    elif code.startswith(_FATAL_PREFIXES):
+        kind = FATAL
+        hint = (
+            next(h for p, h in _FATAL_HINTS.items() if code.startswith(p))
+            if code.startswith(tuple(_FATAL_HINTS))
+            else ""
+        )
+        message = f"{message} ({hint})" if hint else message
+    elif status >= 500 or status == 429:
+        kind = TRANSIENT
+    else:
+        kind = FAILED
+    return Outcome(kind, request_id=request_id, code=code or None, message=message, http_status=status)
+
+
+class _V3Auth(httpx.Auth):
+    """Signs every attempt anew: fresh nonce and timestamp, so a retry is never a replay."""
+
+    def __init__(self, credentials: Credentials, clock: Callable[[], datetime], nonce: Callable[[], str]) -> None:
+        self.credentials, self.clock, self.nonce = credentials, clock, nonce
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        action = request.headers.pop("x-snapbatch-action")
+        body = request.content
+        headers = v3_headers(
+            host=request.headers["host"],
+            action=action,
+            version=API_VERSION,
+            now=self.clock(),
+            nonce=self.nonce(),
+            body=body,
+            token=self.credentials.security_token,
+        )
+        query = dict(request.url.params.multi_items())
+        request.headers["Authorization"] = sign_v3(
+            method=request.method,
+            path=request.url.path,
+            query=query,
+            headers=headers,
+            payload_sha256=headers["x-acs-content-sha256"],
+            access_key_id=self.credentials.access_key_id,
+            secret=self.credentials.access_key_secret,
+        )
+        for name, value in headers.items():
+            if name != "host":
+                request.headers[name] = value
+        yield request
+
+
+class VodClient:
+    """Calls VOD at ``endpoint``. Use as an async context manager."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: Credentials,
+        *,
+        max_connections: int = 64,
+        timeout_s: float = 10.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        nonce: Callable[[], str] = lambda: uuid.uuid4().hex,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        check_url(endpoint)
+        self.endpoint = endpoint.rstrip("/")
+        self._http = httpx.AsyncClient(
+            auth=_V3Auth(credentials, clock, nonce),
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"user-agent": "snapbatch", "accept": "application/json"},
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> VodClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, action: str, params: Mapping[str, str]) -> tuple[Outcome, dict[str, Any] | None]:
+        """One attempt; the Outcome and, when the answer was JSON, the parsed body."""
+        url = f"{self.endpoint}/?{canonical_query(params)}" if params else f"{self.endpoint}/"
+        try:
+            response = await self._http.post(url, headers={"x-snapbatch-action": action})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return Outcome(TRANSIENT, code=None, message=f"{type(exc).__name__}: {exc}"), None
+        except httpx.TransportError as exc:  # sent, or partly sent, and no answer: a job may exist
+            detail = str(exc) or "no answer"
+            return Outcome(IN_DOUBT, code=None, message=f"{type(exc).__name__}: {detail}"), None
+        outcome = classify(response.status_code, response.content)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return outcome, body if isinstance(body, dict) else None
+
+    async def submit(self, params: Mapping[str, str]) -> Outcome:
+        """SubmitSnapshotJob with exactly ``params`` (as `plan` shows them)."""
+        outcome, _ = await self.call("SubmitSnapshotJob", params)
+        return outcome
+
+    async def job_status(self, job_id: str) -> str | None:
+        """GetJobDetail's Status (Processing, Success, Fail) for a snapshot job, or None when unknown."""
+        _, body = await self.call("GetJobDetail", {"JobId": job_id, "JobType": "snapshot"})
+        detail = (body or {}).get("SnapshotJobDetail")
+        return str(detail.get("Status")) if isinstance(detail, dict) else None

@@ -1,0 +1,536 @@
+"""A local ApsaraVideo VOD endpoint: checks signatures like the service, enforces the per-second limit,
+answers SubmitSnapshotJob and GetJobDetail with the real shapes, and injects faults on request.
+
+Faithful to the documented service (../shared/reference/vod-api.md), not to snapbatch's client: it accepts
+any correctly signed V1 or V3 request, including the official SDKs'. ``Emulator.handle`` is the whole
+service logic, independent of sockets; ``Emulator.serve`` puts a small HTTP/1.1 server in front of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from snapbatch.signing import EMPTY_SHA256, parse_authorization, sign_v1, sign_v3, v1_string_to_sign, v3_string_to_sign
+
+__all__ = ["DROP_AFTER", "DROP_BEFORE", "Emulator", "EmulatorConfig", "Reply", "load_videos", "rate_at_server"]
+
+API_VERSION = "2017-03-21"
+DROP_BEFORE = "drop-before"  # close the connection without an answer; no job is made
+DROP_AFTER = "drop-after"  # make the job, then close the connection without an answer
+SKEW_S = 15 * 60
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_REFERENCE_ID = re.compile(r"[A-Za-z0-9_-]{6,64}")
+_STATUS = {
+    "InvalidAccessKeyId.NotFound": 404,
+    "InvalidAccessKeyId.Inactive": 400,
+    "SignatureDoesNotMatch": 400,
+    "InvalidTimeStamp.Expired": 400,
+    "InvalidTimeStamp.Format": 400,
+    "SignatureNonceUsed": 400,
+    "InvalidSecurityToken.Malformed": 400,
+    "InvalidSecurityToken.Expired": 400,
+    "InvalidSecurityToken.MismatchWithAccessKey": 400,
+    "Forbidden.RAM": 403,
+    "Forbidden": 403,
+    "OperationDenied.Suspended": 400,
+    "Throttling.User": 400,
+    "Throttling": 400,
+    "Throttling.Api": 400,
+    "ServiceUnavailable": 503,
+    "InternalError": 500,
+    "InvalidVideo.NotFound": 404,
+    "NoSuchResource": 404,
+    "Forbidden.IllegalStatus": 400,
+    "MissingParameter": 400,
+    "InvalidParameter": 400,
+    "InvalidAction.NotFound": 404,
+    "InvalidVersion": 400,
+    "UnsupportedHTTPMethod": 400,
+}
+_SPRITE_FIELDS = {"CellWidth", "CellHeight", "Padding", "Margin", "Color", "Columns", "Lines", "KeepCellPic"}
+_SECRET_PARAMS = ("Signature", "SecurityToken")
+
+
+@dataclass
+class EmulatorConfig:
+    """What the emulator accepts and how it misbehaves. ``credentials``: AccessKeyId -> (secret, token)."""
+
+    credentials: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    qps: float = 30.0
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    faults: dict[str, float] = field(default_factory=dict)  # error Code, DROP_BEFORE or DROP_AFTER -> rate
+    videos: dict[str, str | None] | None = None  # VideoId -> ReferenceId; None: every video exists
+    job_seconds: float = 2.0  # GetJobDetail says Processing this long, then Success
+    seed: int | None = None
+
+
+@dataclass
+class Reply:
+    """What to do with one request: answer ``status``/``body``, or drop the connection (``drop``)."""
+
+    status: int
+    body: dict[str, Any]
+    drop: bool = False
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+def load_videos(path: Path) -> dict[str, str | None]:
+    """A known-videos file: `VideoId` or `VideoId,ReferenceId` lines; blank lines and # comments skipped."""
+    videos: dict[str, str | None] = {}
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        video, _, ref = line.partition(",")
+        videos[video.strip()] = ref.strip() or None
+    return videos
+
+
+class _Error(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code, self.message = code, message
+
+
+class Emulator:
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        *,
+        log_file: IO[str] | None = None,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.log_file = log_file
+        self.wall, self.mono = wall, mono
+        self.rng = random.Random(config.seed)
+        self.calls: list[dict[str, Any]] = []
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.windows: dict[tuple[str, str], deque[float]] = {}
+        self.nonces: dict[str, float] = {}
+        self.nonce_order: deque[tuple[float, str]] = deque()
+        self.by_reference = {ref: vid for vid, ref in (config.videos or {}).items() if ref}
+        self.host_id = "vod.emulator.snapbatch"
+
+    # -- the service ----------------------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
+        """One HTTP request -> a Reply. ``headers`` have lower-case names."""
+        arrived_wall, arrived = self.wall(), self.mono()
+        entry: dict[str, Any] = {"t": arrived_wall, "mono": arrived}
+        request_id = str(uuid.uuid4()).upper()
+        try:
+            reply = self._handle(method, target, headers, body, entry, request_id)
+        except _Error as exc:
+            entry.update(code=exc.code, outcome="error")
+            reply = Reply(
+                _STATUS.get(exc.code, 400),
+                {
+                    "RequestId": request_id,
+                    "HostId": self.host_id,
+                    "Code": exc.code,
+                    "Message": exc.message,
+                    "Recommend": f"https://api.aliyun.com/troubleshoot?q={exc.code}&product=vod",
+                },
+            )
+        entry["status"] = 0 if reply.drop else reply.status
+        entry["request_id"] = request_id
+        reply.log = entry
+        self.calls.append(entry)
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self.log_file.flush()
+        return reply
+
+    def _handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, entry: dict[str, Any], request_id: str
+    ) -> Reply:
+        if method not in ("GET", "POST"):
+            raise _Error("UnsupportedHTTPMethod", f"The HTTP method {method} is not supported.")
+        split = urlsplit(target)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        form = {}
+        if body and headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        params = {**query, **form}
+        if "authorization" in headers:
+            key_id, action, version = self._check_v3(method, split.path or "/", query, headers, body)
+        else:
+            key_id = self._check_v1(method, params)
+            action, version = params.get("Action", ""), params.get("Version", "")
+        entry.update(ak=key_id, action=action, params={k: v for k, v in params.items() if k not in _SECRET_PARAMS})
+        if not action:
+            raise _Error(
+                "MissingParameter",
+                "The input parameter Action that is mandatory for processing this request is not supplied.",
+            )
+        if action not in ("SubmitSnapshotJob", "GetJobDetail"):
+            raise _Error(
+                "InvalidAction.NotFound", f"Specified api {action} is not found, please check your url and method."
+            )
+        if version != API_VERSION:
+            raise _Error("InvalidVersion", f"Specified parameter Version {version} is not valid.")
+        self._admit(key_id, action, entry["mono"])
+        fault = self._fault()
+        if fault not in (None, DROP_AFTER, DROP_BEFORE):
+            raise _Error(fault, f"Injected fault {fault}.")
+        if fault == DROP_BEFORE:
+            entry["outcome"] = DROP_BEFORE
+            return Reply(0, {}, drop=True)
+        if action == "GetJobDetail":
+            return Reply(200, self._job_detail(params, request_id, entry["t"]))
+        video_id = self._check_submit(params)
+        job_id = uuid.uuid4().hex
+        self.jobs[job_id] = {"video": video_id, "created": entry["t"], "params": entry["params"]}
+        entry.update(job_id=job_id, outcome="accepted" if fault is None else DROP_AFTER)
+        if fault == DROP_AFTER:
+            return Reply(0, {}, drop=True)
+        return Reply(200, {"RequestId": request_id, "SnapshotJob": {"JobId": job_id}})
+
+    def _credentials(self, key_id: str) -> tuple[str, str | None]:
+        if key_id not in self.config.credentials:
+            raise _Error("InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+        return self.config.credentials[key_id]
+
+    def _check_time_and_nonce(self, stamp: str, nonce: str) -> None:
+        if not _TIMESTAMP.fullmatch(stamp):
+            raise _Error(
+                "InvalidTimeStamp.Format", f"Specified time stamp or date value {stamp!r} is not well formatted."
+            )
+        sent = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        if abs(sent - self.wall()) > SKEW_S:
+            raise _Error("InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
+        if not nonce:
+            raise _Error(
+                "MissingParameter",
+                "The input parameter SignatureNonce that is mandatory for processing this request is not supplied.",
+            )
+        now = self.mono()
+        while self.nonce_order and self.nonce_order[0][0] < now - 2 * SKEW_S:
+            self.nonces.pop(self.nonce_order.popleft()[1], None)
+        if nonce in self.nonces:
+            raise _Error("SignatureNonceUsed", "Specified signature nonce was used already.")
+        self.nonces[nonce] = now
+        self.nonce_order.append((now, nonce))
+
+    def _check_token(self, expected: str | None, given: str | None) -> None:
+        if expected is None:
+            return
+        if not given:
+            raise _Error("InvalidSecurityToken.Malformed", "Specified SecurityToken is malformed or missing.")
+        if not hmac.compare_digest(expected, given):
+            raise _Error(
+                "InvalidSecurityToken.MismatchWithAccessKey", "Specified SecurityToken mismatch with the AccessKey."
+            )
+
+    def _check_v1(self, method: str, params: dict[str, str]) -> str:
+        for name in ("AccessKeyId", "Signature", "SignatureMethod", "Timestamp"):
+            if name not in params:
+                raise _Error(
+                    "MissingParameter",
+                    f"The input parameter {name} that is mandatory for processing this request is not supplied.",
+                )
+        secret, token = self._credentials(params["AccessKeyId"])
+        if params["SignatureMethod"] != "HMAC-SHA1" or params.get("SignatureVersion", "1.0") != "1.0":
+            raise _Error("InvalidParameter", "Specified SignatureMethod or SignatureVersion is not supported.")
+        signed = {k: v for k, v in params.items() if k != "Signature"}
+        if not hmac.compare_digest(sign_v1(method, signed, secret), params["Signature"]):
+            raise _Error(
+                "SignatureDoesNotMatch",
+                "Specified signature is not matched with our calculation. "
+                f"server string to sign is:{v1_string_to_sign(method, signed)}",
+            )
+        self._check_time_and_nonce(params["Timestamp"], params.get("SignatureNonce", ""))
+        self._check_token(token, params.get("SecurityToken"))
+        return params["AccessKeyId"]
+
+    def _check_v3(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
+    ) -> tuple[str, str, str]:
+        auth = parse_authorization(headers["authorization"])
+        if auth is None:
+            raise _Error("SignatureDoesNotMatch", "The Authorization header is not a valid ACS3-HMAC-SHA256 one.")
+        key_id = auth["Credential"]
+        secret, token = self._credentials(key_id)
+        signed_names = auth["SignedHeaders"].split(";")
+        required = {
+            "host",
+            "x-acs-action",
+            "x-acs-version",
+            "x-acs-date",
+            "x-acs-signature-nonce",
+            "x-acs-content-sha256",
+        }
+        if not required <= set(signed_names) or not set(signed_names) <= headers.keys():
+            raise _Error("SignatureDoesNotMatch", "SignedHeaders must name host and the x-acs-* headers sent.")
+        payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        if headers["x-acs-content-sha256"] != payload:
+            raise _Error("SignatureDoesNotMatch", "x-acs-content-sha256 does not match the body.")
+        expected = sign_v3(
+            method=method,
+            path=path,
+            query=query,
+            headers={n: headers[n] for n in signed_names},
+            payload_sha256=payload,
+            access_key_id=key_id,
+            secret=secret,
+        )
+        if not hmac.compare_digest(
+            expected,
+            f"ACS3-HMAC-SHA256 Credential={key_id},SignedHeaders={auth['SignedHeaders']},Signature={auth['Signature']}",
+        ):
+            _, string_to_sign = v3_string_to_sign(method, path, query, {n: headers[n] for n in signed_names}, payload)
+            raise _Error(
+                "SignatureDoesNotMatch",
+                "The request signature does not conform to Aliyun standards. "
+                f"server string to sign is:{string_to_sign}",
+            )
+        self._check_time_and_nonce(headers["x-acs-date"], headers["x-acs-signature-nonce"])
+        self._check_token(token, headers.get("x-acs-security-token"))
+        return key_id, headers["x-acs-action"], headers["x-acs-version"]
+
+    def _admit(self, key_id: str, action: str, now: float) -> None:
+        """More than qps calls of one action by one AccessKeyId in any 1-second window: Throttling.User."""
+        window = self.windows.setdefault((key_id, action), deque())
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) + 1 > self.config.qps:
+            raise _Error("Throttling.User", "Request was denied due to user flow control.")
+        window.append(now)
+
+    def _fault(self) -> str | None:
+        roll = self.rng.random()
+        for code, rate in self.config.faults.items():
+            if roll < rate:
+                return code
+            roll -= rate
+        return None
+
+    def _check_submit(self, params: dict[str, str]) -> str:
+        video_id, ref = params.get("VideoId"), params.get("ReferenceId")
+        if not video_id and not ref:
+            raise _Error(
+                "MissingParameter",
+                "The input parameter VideoId that is mandatory for processing this request is not supplied.",
+            )
+        if not video_id:
+            assert ref is not None
+            if not _REFERENCE_ID.fullmatch(ref):
+                raise _Error("InvalidParameter", "The specified parameter ReferenceId is not valid.")
+            video_id = self.by_reference.get(ref) if self.config.videos is not None else f"ref:{ref}"
+            if video_id is None:
+                raise _Error("InvalidVideo.NotFound", "The video does not exist.")
+        elif self.config.videos is not None and video_id not in self.config.videos:
+            raise _Error("InvalidVideo.NotFound", "The video does not exist.")
+        if "SnapshotTemplateId" not in params and "Count" not in params and "Interval" not in params:
+            raise _Error("MissingParameter", "The input parameter Count or Interval is not supplied.")
+        for name, low, high in (
+            ("Count", 1, None),
+            ("Interval", 0, None),
+            ("SpecifiedOffsetTime", 0, None),
+            ("Width", 8, 4096),
+            ("Height", 8, 4096),
+        ):
+            if name in params:
+                value = params[name]
+                if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+                    raise _Error("InvalidParameter", f"The specified parameter {name} is not valid.")
+        self._check_json(params, "SpecifiedOffsetTimes", list, _offsets_ok)
+        self._check_json(params, "SpriteSnapshotConfig", dict, _sprite_ok)
+        self._check_json(params, "UserData", dict, _userdata_ok)
+        return video_id
+
+    @staticmethod
+    def _check_json(params: dict[str, str], name: str, kind: type, ok: Callable[[Any], bool]) -> None:
+        if name not in params:
+            return
+        try:
+            value = json.loads(params[name])
+        except ValueError:
+            raise _Error("InvalidParameter", f"The specified parameter {name} is not valid JSON.") from None
+        if not isinstance(value, kind) or not ok(value):
+            raise _Error("InvalidParameter", f"The specified parameter {name} is not valid.")
+
+    def _job_detail(self, params: dict[str, str], request_id: str, now: float) -> dict[str, Any]:
+        job_id = params.get("JobId")
+        if not job_id or params.get("JobType") != "snapshot":
+            raise _Error("MissingParameter", "The input parameters JobId and JobType=snapshot are required.")
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise _Error("InvalidParameter", "The specified JobId does not exist.")
+        done = now - job["created"] >= self.config.job_seconds
+        detail = {
+            "JobId": job_id,
+            "VideoId": job["video"],
+            "Status": "Success" if done else "Processing",
+            "CreationTime": _iso(job["created"]),
+        }
+        if done:
+            detail["CompleteTime"] = _iso(job["created"] + self.config.job_seconds)
+        return {"RequestId": request_id, "SnapshotJobDetail": detail}
+
+    # -- HTTP -----------------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; reports the bound port through ``task_status``."""
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        async with listener:
+            task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
+            await listener.serve(self._connection)
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        buffered = BufferedByteReceiveStream(stream)
+        async with stream:
+            while True:
+                try:
+                    head = await buffered.receive_until(b"\r\n\r\n", MAX_HEAD_BYTES)
+                except anyio.DelimiterNotFound:
+                    await _send_plain(stream, 431, "request head too large")
+                    return
+                except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    return
+                parsed = _parse_head(head)
+                if parsed is None:
+                    await _send_plain(stream, 400, "malformed request")
+                    return
+                method, target, headers = parsed
+                if "transfer-encoding" in headers:
+                    await _send_plain(stream, 411, "send Content-Length, not chunked")
+                    return
+                try:
+                    length = int(headers.get("content-length", "0"))
+                    if not 0 <= length <= MAX_BODY_BYTES:
+                        raise ValueError
+                    body = await buffered.receive_exactly(length) if length else b""
+                except ValueError:
+                    await _send_plain(stream, 400, "bad Content-Length")
+                    return
+                except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    return
+                reply = self.handle(method, target, headers, body)
+                low, high = self.config.latency_ms
+                if high > 0:
+                    await anyio.sleep(self.rng.uniform(low, high) / 1000)
+                if reply.drop:
+                    return
+                payload = json.dumps(reply.body, separators=(",", ":")).encode()
+                keep = headers.get("connection", "").lower() != "close"
+                try:
+                    await stream.send(
+                        f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Error')}\r\n"
+                        f"Content-Type: application/json;charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
+                        f"x-acs-request-id: {reply.body.get('RequestId', '')}\r\n"
+                        f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n".encode()
+                        + payload
+                    )
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                if not keep:
+                    return
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    411: "Length Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]] | None:
+    try:
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, proto = lines[0].split(" ")
+    except ValueError:
+        return None
+    if not proto.startswith("HTTP/1.") or not target.startswith("/"):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            return None
+        headers[name.lower()] = value.strip()
+    return method, target, headers
+
+
+async def _send_plain(stream: anyio.abc.SocketStream, status: int, text: str) -> None:
+    body = text.encode()
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await stream.send(
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _offsets_ok(value: list[Any]) -> bool:
+    return 1 <= len(value) <= 30 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _sprite_ok(value: dict[str, Any]) -> bool:
+    if not set(value) <= _SPRITE_FIELDS:
+        return False
+    for name in ("Columns", "Lines"):
+        if name in value and not (isinstance(value[name], int) and 1 <= value[name] <= 10000):
+            return False
+    return value.get("KeepCellPic", "keep") in ("keep", "delete")
+
+
+def _userdata_ok(value: dict[str, Any]) -> bool:
+    extend = value.get("Extend")
+    if extend is not None:
+        text = extend if isinstance(extend, str) else json.dumps(extend, separators=(",", ":"), ensure_ascii=False)
+        if len(text.encode()) > 512:
+            return False
+    callback = value.get("MessageCallback")
+    if callback is not None:
+        url = callback.get("CallbackURL", "") if isinstance(callback, dict) else ""
+        if not re.match(r"https?://[^\s/]+", url):
+            return False
+    return True
+
+
+def rate_at_server(calls: list[dict[str, Any]], window_s: float = 1.0) -> int:
+    """The most calls that arrived in any window of ``window_s`` (from the emulator's own clock)."""
+    times = sorted(c["mono"] for c in calls)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
