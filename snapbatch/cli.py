@@ -13,9 +13,10 @@ from typing import TextIO
 import anyio
 
 from snapbatch import __version__
+from snapbatch.cli_run import EXIT, Out, report_command, run_command, status_command
 from snapbatch.emulator import Emulator, EmulatorConfig, load_videos
 from snapbatch.endpoint import resolve_endpoint, resolve_region
-from snapbatch.errors import ManifestError, Problem, SnapbatchError, UsageError
+from snapbatch.errors import LockedError, ManifestError, Problem, SnapbatchError, StateError, UsageError
 from snapbatch.expand import expand, survey
 from snapbatch.manifest import load_manifest
 from snapbatch.models import Manifest
@@ -23,18 +24,8 @@ from snapbatch.report import plan_jsonl, plan_line, plan_summary
 
 __all__ = ["COMMANDS", "EXIT", "main"]
 
-COMMANDS = ("validate", "plan", "emulator")
+COMMANDS = ("validate", "plan", "run", "status", "report", "emulator")
 
-EXIT = {
-    "ok": 0,
-    "failed": 1,
-    "usage": 2,
-    "locked": 3,
-    "fatal": 4,
-    "stopped": 5,
-    "state": 6,
-    "interrupted": 130,
-}
 
 EMULATOR_KEY_ID = "emulator-access-key-id"
 EMULATOR_KEY_SECRET = "emulator-access-key-secret"  # the emulator's own throwaway key, not an Alibaba Cloud one
@@ -57,17 +48,7 @@ example:
 """
 
 
-class _Out:
-    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def problems(self, problems: Sequence[Problem]) -> None:
-        for p in problems:
-            print(p.format(), file=self.stderr)
-
-
-def _parser(out: _Out) -> argparse.ArgumentParser:
+def _parser(out: Out) -> argparse.ArgumentParser:
     class Parser(argparse.ArgumentParser):
         """Prints help and usage errors to the streams main() was given, so in-process callers see them."""
 
@@ -116,6 +97,64 @@ def _parser(out: _Out) -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true", help="text format: the summary only, no request lines")
     _add_target_args(p)
     p.add_argument("--qps", type=_positive_float, help="estimate at this rate instead of the manifest's")
+    p = sub.add_parser(
+        "run",
+        help="send the batch",
+        formatter_class=fmt,
+        description="Send every request of the manifest that the state file does not record as submitted, at "
+        "most --qps calls in any second, retrying throttled, transient and unanswered calls. Resumable: kill it, "
+        "run it again, it continues. A second run on the same state exits 3.",
+        epilog="examples:\n  snapbatch run jobs.example.yaml --emulator\n  snapbatch run jobs.yaml --json\n"
+        "  snapbatch run jobs.yaml --max-duration 3600   # a slice per night from cron; exit 5 means work left\n\n"
+        "credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET(/_SECURITY_TOKEN), else the aliyun CLI profile "
+        "(--profile, ALIBABA_CLOUD_PROFILE, its current), else ~/.alibabacloud/credentials.ini [default]",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", type=Path)
+    _add_state_arg(p)
+    _add_target_args(p)
+    p.add_argument("--profile", help="aliyun CLI profile to take credentials from")
+    p.add_argument("--qps", type=_positive_float, help="calls per second (overrides the manifest; any positive number)")
+    p.add_argument(
+        "--concurrency", type=_positive_int, help="calls in flight at most (default: enough for qps with 2.5 s answers)"
+    )
+    p.add_argument("--emulator", action="store_true", help="run against a built-in emulator on loopback")
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
+    p.add_argument("--retry-failed", action="store_true", help="send again what is recorded as failed")
+    p.add_argument(
+        "--in-doubt",
+        choices=("resend", "skip"),
+        default="resend",
+        help="requests whose answer was lost: send again (default; at-least-once) or leave them",
+    )
+    p.add_argument("--max-requests", type=_positive_int, metavar="N", help="stop after starting N requests")
+    p.add_argument("--max-duration", type=_positive_float, metavar="SECONDS", help="stop starting calls after this")
+
+    p = sub.add_parser(
+        "status",
+        help="progress of a batch",
+        formatter_class=fmt,
+        description="Counts by status, the rate and ETA of a running batch, the most common recent errors, and "
+        "how many recorded requests the manifest no longer names.",
+        epilog="examples:\n  snapbatch status jobs.yaml\n  snapbatch status jobs.yaml --json",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", type=Path)
+    _add_state_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "report",
+        help="one row per request",
+        formatter_class=fmt,
+        description="One row per request: job, key, VideoId or ReferenceId, status, JobId, RequestId, "
+        "error_code, error_message, attempts, submitted_at.",
+        epilog="examples:\n  snapbatch report jobs.yaml > report.csv\n"
+        "  snapbatch report jobs.yaml --format jsonl --only failed",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", type=Path)
+    _add_state_arg(p)
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("--only", choices=("failed", "in_doubt", "submitted", "pending"))
+
     p = sub.add_parser(
         "emulator",
         help="serve a local VOD endpoint",
@@ -175,6 +214,22 @@ def _fault(text: str) -> tuple[str, float]:
     return code, value
 
 
+def _add_state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state", type=Path, metavar="PATH", help="state file (default .snapbatch/BATCH.sqlite3 beside the manifest)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", help="endpoint URL (default: the manifest's, else https://vod.REGION.aliyuncs.com)")
     p.add_argument(
@@ -200,7 +255,7 @@ def main(
     stderr: TextIO | None = None,
 ) -> int:
     """Run one snapbatch command; return its exit code."""
-    out = _Out(stdout or sys.stdout, stderr or sys.stderr)
+    out = Out(stdout or sys.stdout, stderr or sys.stderr)
     environ = os.environ if env is None else env
     parser = _parser(out)
     try:
@@ -217,12 +272,24 @@ def main(
             return _plan(args, environ, out)
         if args.command == "emulator":
             return _emulator(args, out)
+        if args.command == "run":
+            return run_command(args, environ, out)
+        if args.command == "status":
+            return status_command(args, environ, out)
+        if args.command == "report":
+            return report_command(args, environ, out)
     except ManifestError as exc:
         out.problems(exc.problems)
         return EXIT["usage"]
     except UsageError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["usage"]
+    except LockedError as exc:
+        print(f"snapbatch: {exc}", file=out.stderr)
+        return EXIT["locked"]
+    except StateError as exc:
+        print(f"snapbatch: {exc}", file=out.stderr)
+        return EXIT["state"]
     except SnapbatchError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["usage"]
@@ -231,7 +298,7 @@ def main(
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _validate(args: argparse.Namespace, env: Mapping[str, str], out: _Out) -> int:
+def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     results = []
     worst = EXIT["ok"]
     for path in args.manifests:
@@ -275,7 +342,7 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: _Out) -> in
     return worst
 
 
-def _load_for_sending(args: argparse.Namespace, env: Mapping[str, str], out: _Out) -> tuple[Manifest, str, float]:
+def _load_for_sending(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> tuple[Manifest, str, float]:
     manifest = load_manifest(args.manifest, env)
     region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
     endpoint = resolve_endpoint(args.endpoint, manifest.endpoint, region)
@@ -283,7 +350,7 @@ def _load_for_sending(args: argparse.Namespace, env: Mapping[str, str], out: _Ou
     return manifest, endpoint, qps
 
 
-def _plan(args: argparse.Namespace, env: Mapping[str, str], out: _Out) -> int:
+def _plan(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest, endpoint, qps = _load_for_sending(args, env, out)
     found = survey(manifest)  # reads every ID once more, so that nothing is printed for an invalid manifest
     out.problems([*manifest.warnings, *found.warnings])
@@ -300,7 +367,7 @@ def _plan(args: argparse.Namespace, env: Mapping[str, str], out: _Out) -> int:
     return EXIT["ok"]
 
 
-def _emulator(args: argparse.Namespace, out: _Out) -> int:
+def _emulator(args: argparse.Namespace, out: Out) -> int:
     faults = dict(args.fail)
     if sum(faults.values()) > 1:
         raise UsageError("the --fail rates add up to more than 1")

@@ -17,7 +17,7 @@ from snapbatch.errors import ManifestError, Problem
 from snapbatch.ids import check_id, read_ids
 from snapbatch.models import Job, Manifest, Request
 
-__all__ = ["KEY_CHARS", "Survey", "duplicate_candidates", "expand", "survey"]
+__all__ = ["KEY_CHARS", "Survey", "duplicate_candidates", "expand", "fingerprint", "survey"]
 
 KEY_CHARS = 24
 MAX_DUPLICATE_WARNINGS = 20
@@ -146,3 +146,33 @@ def survey(manifest: Manifest) -> Survey:
             Problem(str(manifest.path), None, None, "", f"{extra} more duplicate requests folded", "warning")
         )
     return result
+
+
+def fingerprint(manifest: Manifest) -> str:
+    """Changes whenever the requests the manifest names could change: its jobs, parameters and ID files."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            [
+                manifest.batch,
+                [
+                    [
+                        j.name,
+                        j.ids.kind,
+                        [list(v.params) for v in j.variants],
+                        [v.template for v in j.variants],
+                        [i for i, _ in j.ids.inline or ()],
+                        j.ids.column,
+                    ]
+                    for j in manifest.jobs
+                ],
+            ],
+            ensure_ascii=False,
+        ).encode()
+    )
+    for job in manifest.jobs:
+        if job.ids.file is not None:
+            with open(job.ids.file, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()

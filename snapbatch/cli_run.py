@@ -1,0 +1,335 @@
+"""The command-line side of run, status and report: wiring, progress lines, summaries, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import secrets
+import signal
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+from anyio.from_thread import start_blocking_portal
+
+from snapbatch.client import VodClient
+from snapbatch.credentials import find_credentials
+from snapbatch.emulator import Emulator, EmulatorConfig
+from snapbatch.endpoint import resolve_endpoint, resolve_region
+from snapbatch.errors import Problem
+from snapbatch.expand import expand, fingerprint
+from snapbatch.limiter import Limiter, RateWindow
+from snapbatch.manifest import load_manifest
+from snapbatch.models import Manifest
+from snapbatch.report import duration
+from snapbatch.runner import RunOptions, RunResult, run_batch
+from snapbatch.signing import Credentials
+from snapbatch.state import State, default_state_path
+
+__all__ = ["EXIT", "Out", "report_command", "run_command", "status_command"]
+
+EXIT = {"ok": 0, "failed": 1, "usage": 2, "locked": 3, "fatal": 4, "stopped": 5, "state": 6, "interrupted": 130}
+REPORT_FIELDS = (
+    "job",
+    "key",
+    "id_kind",
+    "video",
+    "status",
+    "job_id",
+    "request_id",
+    "error_code",
+    "error_message",
+    "attempts",
+    "submitted_at",
+)
+
+
+class Out:
+    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def problems(self, problems: Sequence[Problem]) -> None:
+        for p in problems:
+            print(p.format(), file=self.stderr)
+
+    def log(self, message: str) -> None:
+        print(f"snapbatch: {message}", file=self.stderr, flush=True)
+
+
+def _state_path(args: argparse.Namespace, manifest: Manifest) -> Path:
+    if args.state:
+        return Path(args.state)
+    # A rehearsal on the emulator must never make the real run believe its requests were submitted.
+    batch = manifest.batch + (".emulator" if getattr(args, "emulator", False) else "")
+    return default_state_path(manifest.path, batch)
+
+
+@contextmanager
+def _emulated(qps: float) -> Iterator[tuple[str, Credentials]]:
+    """A throwaway emulator on a free loopback port, in its own thread."""
+    creds = Credentials("emulator-" + secrets.token_hex(4), secrets.token_urlsafe(24), None, "the built-in emulator")
+    emulator = Emulator(EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}, qps=qps))
+    with start_blocking_portal() as portal:
+        future, port = portal.start_task(emulator.serve)
+        try:
+            yield f"http://127.0.0.1:{port}", creds
+        finally:
+            future.cancel()
+
+
+def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+    manifest = load_manifest(args.manifest, env)
+    out.problems(manifest.warnings)
+    qps = args.qps or manifest.qps
+    concurrency = args.concurrency or max(4, math.ceil(qps * 2.5) + 2)
+    if args.emulator:
+        with _emulated(30.0) as (endpoint, creds):
+            return _run(args, manifest, endpoint, creds, qps, concurrency, out)
+    region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
+    endpoint = resolve_endpoint(args.endpoint, manifest.endpoint, region)
+    creds = find_credentials(env, Path(env.get("HOME", str(Path.home()))), args.profile)
+    return _run(args, manifest, endpoint, creds, qps, concurrency, out)
+
+
+def _run(
+    args: argparse.Namespace,
+    manifest: Manifest,
+    endpoint: str,
+    creds: Credentials,
+    qps: float,
+    concurrency: int,
+    out: Out,
+) -> int:
+    state = State(_state_path(args, manifest))
+    try:
+        started_wall = time.time()
+        state.lock(started_wall)
+        recovered = state.recover()
+        if recovered:
+            out.log(
+                f"{recovered} requests were in flight when the last run stopped; they are in doubt and "
+                + ("will be sent again" if args.in_doubt == "resend" else "are left alone (--in-doubt skip)")
+            )
+        total, new = state.ingest(expand(manifest, fold_duplicates=False), fingerprint(manifest), manifest.batch)
+        before = state.counts()
+        out.log(
+            f"batch {manifest.batch}: {total} requests, {before['submitted']} submitted earlier, "
+            f"{new} new; sending to {endpoint} as {creds.access_key_id} ({creds.source}), at most {qps:g}/s"
+        )
+        options = RunOptions(
+            concurrency=concurrency,
+            in_doubt=args.in_doubt,
+            retry_failed=args.retry_failed,
+            max_requests=args.max_requests,
+            max_duration_s=args.max_duration,
+        )
+        result = anyio.run(_run_async, state, endpoint, creds, qps, options, out, before)
+        state.recover()  # anything cut off by an interrupt is in doubt, not "sending"
+        after = state.counts()
+    finally:
+        state.close()
+    summary = _summary(manifest.batch, before, after, result)
+    if result.fatal is not None:
+        out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
+    elif result.stop_reason:
+        out.log(f"stopped ({result.stop_reason}); run again to continue")
+    out.log(_summary_line(summary))
+    if args.json:
+        print(json.dumps(summary), file=out.stdout)
+    return _exit_code(result, after)
+
+
+async def _run_async(
+    state: State, endpoint: str, creds: Credentials, qps: float, options: RunOptions, out: Out, before: dict[str, int]
+) -> RunResult:
+    stop = anyio.Event()
+    limiter = Limiter(RateWindow(qps))
+    tty = out.stderr.isatty()
+    todo = before["pending"] + before["in_doubt"] + (before["failed"] if options.retry_failed else 0)
+    result_box: list[RunResult] = []
+    async with (
+        VodClient(endpoint, creds, max_connections=options.concurrency) as client,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for signum in received:
+                    out.log(f"{signal.Signals(signum).name}: starting no new calls, waiting for those in flight")
+                    stop.set()
+                    return
+
+        events = {"submitted": 0, "throttled": 0, "failed": 0}
+        started = time.monotonic()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if data["kind"] == "accepted":
+                events["submitted"] += 1
+            elif data["kind"] in ("throttled", "failed"):
+                events[data["kind"]] += 1
+
+        async def progress() -> None:
+            every = 0.5 if tty else 10.0
+            while True:
+                await anyio.sleep(every)
+                elapsed = time.monotonic() - started
+                rate = events["submitted"] / elapsed if elapsed else 0.0
+                left = max(0, todo - events["submitted"] - events["failed"])
+                eta = duration(left / rate) if rate else "?"
+                line = (
+                    f"{before['submitted'] + events['submitted']}/{before['submitted'] + todo} submitted, "
+                    f"{rate:.1f}/s, ETA {eta}, throttled {events['throttled']}, failed {events['failed']}"
+                )
+                if tty:
+                    print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
+                else:
+                    out.log(line)
+
+        if threading_main():
+            tg.start_soon(signals)
+        tg.start_soon(progress)
+        result_box.append(await run_batch(state, client, limiter, options, on_event=on_event, stop=stop))
+        if tty:
+            print(file=out.stderr)
+        tg.cancel_scope.cancel()
+    return result_box[0]
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _summary(batch: str, before: dict[str, int], after: dict[str, int], result: RunResult) -> dict[str, Any]:
+    total = sum(after[s] for s in ("pending", "sending", "submitted", "failed", "in_doubt"))
+    return {
+        "batch": batch,
+        "total": total,
+        "submitted": result.submitted,
+        "skipped": before["submitted"],
+        "failed": after["failed"],
+        "in_doubt": after["in_doubt"],
+        "pending": after["pending"],
+        "throttled": result.throttled,
+        "retries": result.retries,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "rate_per_s": round(result.submitted / result.elapsed_s, 3) if result.elapsed_s > 0 else 0.0,
+        "stopped": result.stop_reason,
+    }
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    return (
+        f"{s['submitted']} submitted now, {s['skipped']} earlier, {s['failed']} failed, {s['in_doubt']} in doubt, "
+        f"{s['pending']} pending of {s['total']}; {s['throttled']} throttled, {s['retries']} retries, "
+        f"{s['rate_per_s']}/s over {duration(s['elapsed_s'])}"
+    )
+
+
+def _exit_code(result: RunResult, after: dict[str, int]) -> int:
+    if result.stop_reason == "interrupted":
+        return EXIT["interrupted"]
+    if result.stop_reason == "fatal":
+        return EXIT["fatal"]
+    if result.stop_reason is not None and (after["pending"] or after["in_doubt"]):
+        return EXIT["stopped"]
+    if after["failed"] or after["in_doubt"] or after["pending"]:
+        return EXIT["failed"]
+    return EXIT["ok"]
+
+
+def _open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manifest, State]:
+    manifest = load_manifest(args.manifest, env, check_ids=False)
+    path = _state_path(args, manifest)
+    if not path.exists():
+        raise_missing(path)
+    return manifest, State(path)
+
+
+def raise_missing(path: Path) -> None:
+    from snapbatch.errors import StateError
+
+    raise StateError(f"no state file at {path}: nothing has been run for this batch yet (or give --state)")
+
+
+def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+    manifest, state = _open_state(args, env)
+    try:
+        counts = state.counts()
+        holder = state.holder()
+        now = time.time()
+        recent = state.submitted_since(now - 60)
+        errors = state.recent_errors(now - 3600)
+    finally:
+        state.close()
+    left = counts["pending"] + counts["in_doubt"] + counts["sending"]
+    rate = recent / 60
+    eta_s = round(left / rate) if rate and holder else None
+    doc = {
+        "batch": manifest.batch,
+        "counts": counts,
+        "running": holder,
+        "rate_per_s": round(rate, 2),
+        "eta_s": eta_s,
+        "recent_errors": [{"code": c, "count": n} for c, n in errors],
+    }
+    if args.json:
+        print(json.dumps(doc), file=out.stdout)
+        return EXIT["ok"]
+    w = out.stdout.write
+    w(f"batch {manifest.batch}\n")
+    for name in ("submitted", "pending", "sending", "in_doubt", "failed"):
+        w(f"  {name:<10} {counts[name]:>10}\n")
+    if counts["not_in_manifest"]:
+        w(f"  {counts['not_in_manifest']} recorded requests are no longer in the manifest\n")
+    if holder:
+        w(
+            f"running: pid {holder.get('pid')} on {holder.get('host')}, {rate:.1f}/s over the last minute"
+            + (f", ETA {duration(eta_s)}\n" if eta_s is not None else "\n")
+        )
+    else:
+        w("not running\n")
+    if errors:
+        w("recent errors: " + ", ".join(f"{c} x{n}" for c, n in errors) + "\n")
+    return EXIT["ok"]
+
+
+def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+    _, state = _open_state(args, env)
+    try:
+        rows = state.rows((args.only,) if args.only else None)
+        if args.format == "csv":
+            writer = csv.writer(out.stdout, lineterminator="\n")
+            writer.writerow(REPORT_FIELDS)
+        for row in rows:
+            values = {
+                "job": row.job,
+                "key": row.key,
+                "id_kind": row.id_kind,
+                "video": row.video,
+                "status": row.status,
+                "job_id": row.job_id,
+                "request_id": row.request_id,
+                "error_code": row.error_code,
+                "error_message": row.error_message,
+                "attempts": row.attempts,
+                "submitted_at": _iso(row.submitted_at),
+            }
+            if args.format == "csv":
+                writer.writerow(["" if values[f] is None else values[f] for f in REPORT_FIELDS])
+            else:
+                out.stdout.write(json.dumps(values, ensure_ascii=False) + "\n")
+    finally:
+        state.close()
+    return EXIT["ok"]
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,334 @@
+"""The SQLite state store of one batch: the lock, every request and what became of it.
+
+WAL mode with synchronous=NORMAL: a committed write survives the process being killed at any instant.
+The intent ("sending") is committed before a call goes out and the outcome right after it returns, so
+after a kill whatever was in flight is found as "sending" and becomes "in_doubt".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from snapbatch.errors import LockedError, StateError
+from snapbatch.models import ACCEPTED, Outcome, Request
+
+__all__ = ["STATUSES", "Row", "State", "default_state_path"]
+
+PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
+STATUSES = (PENDING, SENDING, SUBMITTED, "failed", "in_doubt")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS variants (id INTEGER PRIMARY KEY, params TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    job TEXT NOT NULL,
+    template TEXT,
+    id_kind TEXT NOT NULL,
+    video TEXT NOT NULL,
+    variant INTEGER NOT NULL REFERENCES variants(id),
+    generation INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    job_id TEXT,
+    request_id TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    submitted_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_status_seq ON requests(status, seq);
+"""
+
+
+def default_state_path(manifest: Path, batch: str) -> Path:
+    return manifest.parent / ".snapbatch" / f"{batch}.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    seq: int
+    job: str
+    template: str | None
+    id_kind: str
+    video: str
+    params: dict[str, str]
+    status: str
+    attempts: int
+    job_id: str | None
+    request_id: str | None
+    error_code: str | None
+    error_message: str | None
+    submitted_at: float | None
+
+
+class State:
+    """One open state file. Methods are blocking and thread-safe; call them through a worker thread."""
+
+    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._lock_file: IO[str] | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(
+                f"cannot open the state file {path}: {exc}; check the path, its permissions and free disk space"
+            ) from None
+
+    # -- locking --------------------------------------------------------------------------------------
+
+    def lock(self, started: float) -> None:
+        """Take the run lock, or raise LockedError naming the holder. A dead holder's lock is free."""
+        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
+        handle = lock_path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except ValueError:
+                holder = {}
+            handle.close()
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            raise LockedError(
+                f"another run holds {self.path} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                f"started {since}); wait for it to finish, or check it with `snapbatch status`",
+                holder,
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}))
+        handle.flush()
+        self._lock_file = handle
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the run lock now, or None."""
+        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
+        if not lock_path.exists():
+            return None
+        with lock_path.open("a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                try:
+                    result: dict[str, Any] = json.loads(handle.read() or "{}")
+                    return result
+                except ValueError:
+                    return {}
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(
+                    f"cannot write the state file {self.path}: {exc}; check free disk space and "
+                    "permissions (nothing was lost: the last committed state is intact)"
+                ) from None
+
+    def meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def recover(self) -> int:
+        """Whatever a killed run left in flight becomes in_doubt; returns how many."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE requests SET status = 'in_doubt', updated_at = ? WHERE status = 'sending'", (self.clock(),)
+            )
+            return cur.rowcount
+
+    def ingest(self, requests: Iterable[Request], fingerprint: str, batch: str) -> tuple[int, int]:
+        """Add the manifest's requests (existing keys keep their record). Skipped when the manifest's
+        fingerprint is unchanged. Returns (requests in the manifest, new ones)."""
+        if self.meta("fingerprint") == fingerprint:
+            return int(self.meta("manifest_requests") or 0), 0
+        generation = int(self.meta("generation") or 0) + 1
+        now = self.clock()
+        variants: dict[str, int] = {}
+        total = 0
+        with self._tx() as db:
+            stored = db.execute("SELECT value FROM meta WHERE name = 'batch'").fetchone()
+            if stored is not None and stored[0] != batch:
+                raise StateError(f"{self.path} belongs to batch {stored[0]!r}, not {batch!r}; give another --state")
+            seq, before = db.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM requests").fetchone()
+            rows = []
+            for request in requests:
+                total += 1
+                params = {k: v for k, v in request.params.items() if k != request.id_kind}
+                text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                variant = variants.get(text)
+                if variant is None:
+                    db.execute("INSERT OR IGNORE INTO variants(params) VALUES (?)", (text,))
+                    variant = db.execute("SELECT id FROM variants WHERE params = ?", (text,)).fetchone()[0]
+                    variants[text] = variant
+                seq += 1
+                rows.append(
+                    (
+                        request.key,
+                        seq,
+                        request.job,
+                        request.template,
+                        request.id_kind,
+                        request.video,
+                        variant,
+                        generation,
+                        now,
+                        now,
+                    )
+                )
+                if len(rows) >= 5000:
+                    self._insert(db, rows)
+                    rows = []
+            self._insert(db, rows)
+            new = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] - before
+            for name, value in (
+                ("fingerprint", fingerprint),
+                ("generation", str(generation)),
+                ("batch", batch),
+                ("manifest_requests", str(total)),
+            ):
+                db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+        return total, new
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        db.executemany(
+            "INSERT INTO requests(key, seq, job, template, id_kind, video, variant, generation, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET generation = excluded.generation",
+            rows,
+        )
+
+    def mark_sending(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
+                (self.clock(), key),
+            )
+
+    def record(self, key: str, outcome: Outcome, status: str) -> None:
+        """Store an attempt's outcome with the request's resulting status."""
+        now = self.clock()
+        with self._tx() as db:
+            if outcome.kind == ACCEPTED:
+                db.execute(
+                    "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, error_code = NULL, "
+                    "error_message = NULL, submitted_at = ?, updated_at = ? WHERE key = ?",
+                    (outcome.job_id, outcome.request_id, now, now, key),
+                )
+            else:
+                db.execute(
+                    "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, "
+                    "updated_at = ? WHERE key = ?",
+                    (status, outcome.request_id, outcome.code or outcome.kind, outcome.message, now, key),
+                )
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    _SELECT = (
+        "SELECT r.key, r.seq, r.job, r.template, r.id_kind, r.video, v.params, r.status, r.attempts, "
+        "r.job_id, r.request_id, r.error_code, r.error_message, r.submitted_at "
+        "FROM requests r JOIN variants v ON v.id = r.variant"
+    )
+
+    def _row(self, raw: tuple[Any, ...]) -> Row:
+        params = {raw[4]: raw[5], **json.loads(raw[6])}
+        return Row(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], params, *raw[7:])
+
+    def pending(self, statuses: tuple[str, ...], after_seq: int, limit: int) -> list[Row]:
+        """The next requests in manifest order whose status is one of ``statuses``, of this manifest."""
+        generation = int(self.meta("generation") or 0)
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            raws = self.db.execute(
+                f"{self._SELECT} WHERE r.status IN ({marks}) AND r.seq > ? AND r.generation = ? ORDER BY r.seq LIMIT ?",
+                (*statuses, after_seq, generation, limit),
+            ).fetchall()
+        return [self._row(raw) for raw in raws]
+
+    def rows(self, statuses: tuple[str, ...] | None = None) -> Iterator[Row]:
+        """Every request (or those with the given statuses), in manifest order, streamed in chunks."""
+        last = -1
+        while True:
+            where = "r.seq > ?"
+            args: list[Any] = [last]
+            if statuses:
+                where += f" AND r.status IN ({','.join('?' * len(statuses))})"
+                args += list(statuses)
+            with self._lock:
+                raws = self.db.execute(f"{self._SELECT} WHERE {where} ORDER BY r.seq LIMIT 2000", args).fetchall()
+            if not raws:
+                return
+            for raw in raws:
+                yield self._row(raw)
+            last = raws[-1][1]
+
+    def counts(self) -> dict[str, int]:
+        generation = int(self.meta("generation") or 0)
+        with self._lock:
+            found = dict(
+                self.db.execute(
+                    "SELECT status, COUNT(*) FROM requests WHERE generation = ? GROUP BY status", (generation,)
+                ).fetchall()
+            )
+            stale = self.db.execute("SELECT COUNT(*) FROM requests WHERE generation < ?", (generation,)).fetchone()
+        result = {s: int(found.get(s, 0)) for s in STATUSES}
+        result["not_in_manifest"] = int(stale[0])
+        return result
+
+    def recent_errors(self, since: float, limit: int = 5) -> list[tuple[str, int]]:
+        with self._lock:
+            return [
+                (str(c), int(n))
+                for c, n in self.db.execute(
+                    "SELECT error_code, COUNT(*) FROM requests WHERE error_code IS NOT NULL AND updated_at >= ? "
+                    "GROUP BY error_code ORDER BY COUNT(*) DESC LIMIT ?",
+                    (since, limit),
+                ).fetchall()
+            ]
+
+    def submitted_since(self, since: float) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0])

@@ -1,0 +1,83 @@
+"""The limiter's guarantee, on an injected clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import anyio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snapbatch.limiter import Limiter, RateWindow
+
+
+def _max_in_window(times: list[float], window_s: float) -> int:
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(0.2, 200),
+    st.lists(st.floats(0, 0.5), min_size=1, max_size=300),
+    st.lists(st.integers(0, 299), max_size=5),
+)
+def test_never_more_than_qps_in_any_window(qps: float, arrivals: list[float], throttles: list[int]) -> None:
+    """Whatever the callers' timing and throttling, admissions in any 1 s window <= max(1, floor(qps))."""
+    window = RateWindow(qps)
+    now, admitted = 0.0, []
+    for i, gap in enumerate(arrivals):
+        now += gap
+        now = max(now, window.next_slot(now))
+        window.admit(now)
+        admitted.append(now)
+        if i in throttles:
+            window.throttled(now)
+    assert _max_in_window(admitted, 1.0) <= max(1, math.floor(qps))
+    assert all(b - a >= 1.0 / qps - 1e-9 for a, b in itertools.pairwise(admitted))
+
+
+def test_no_burst_at_start_and_full_rate_when_busy() -> None:
+    """Eager callers are spaced evenly from the first call: no burst, and >= 99% of qps sustained."""
+    window = RateWindow(30)
+    now, admitted = 0.0, []
+    for _ in range(301):
+        now = window.next_slot(now)
+        window.admit(now)
+        admitted.append(now)
+    assert admitted[1] - admitted[0] > 1 / 31
+    rate = 300 / (admitted[-1] - admitted[0])
+    assert 29.7 <= rate <= 30
+
+
+def test_throttling_cuts_then_recovers() -> None:
+    """A throttle cuts the rate by 30% (once a second at most); it is back to qps within ~3 s more."""
+    window = RateWindow(30)
+    assert window.throttled(10.0)
+    assert not window.throttled(10.5)
+    assert math.isclose(window.rate(10.0), 21.0)
+    assert 21.0 < window.rate(11.0) < 30.0
+    assert window.rate(13.1) == 30.0
+
+
+def test_async_limiter_sleeps_on_the_injected_clock() -> None:
+    """The anyio wrapper sleeps exactly until the next slot of its clock and counts admissions."""
+    clock = [0.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async def go() -> list[float]:
+        limiter = Limiter(RateWindow(10), clock=lambda: clock[0], sleep=fake_sleep)
+        times = [await limiter.acquire() for _ in range(21)]
+        assert limiter.statistics().admitted == 21
+        return times
+
+    times = anyio.run(go)
+    assert _max_in_window(times, 1.0) <= 10
+    assert 1.99 < times[-1] < 2.2

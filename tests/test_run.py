@@ -1,0 +1,164 @@
+"""`snapbatch run` against the emulator: rate at the server, resume, faults, fatal errors, the lock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from snapbatch.emulator import DROP_AFTER, EmulatorConfig, rate_at_server
+from snapbatch.state import State
+from tests.conftest import ROOT, CliRunner
+from tests.emulated import AK_ID, AK_SECRET, running
+
+ENV = {"ALIBABA_CLOUD_ACCESS_KEY_ID": AK_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": AK_SECRET, "HOME": "/nonexistent"}
+
+
+def _manifest(tmp_path: Path, n: int, *, qps: int = 30) -> Path:
+    (tmp_path / "ids.txt").write_text("".join(f"video-{i:05d}\n" for i in range(n)))
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        f"version: 1\nbatch: t\nqps: {qps}\njobs:\n  - {{name: all, videos: {{file: ids.txt}}, params: {{Count: 1}}}}\n"
+    )
+    return path
+
+
+def test_example_on_the_builtin_emulator(cli: CliRunner, tmp_path: Path) -> None:
+    """The README's first command: everything submitted, exit 0; a second run sends nothing and says so."""
+    for name in ("jobs.example.yaml", "partner.csv", "catalog"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    first = cli("run", str(tmp_path / "jobs.example.yaml"), "--emulator", "--json")
+    assert first.code == 0, first.err
+    doc = json.loads(first.out)
+    assert (doc["total"], doc["submitted"], doc["skipped"], doc["failed"]) == (11, 11, 0, 0)
+    assert (tmp_path / ".snapbatch" / "catalog-2026-11.emulator.sqlite3").exists()
+    assert not (tmp_path / ".snapbatch" / "catalog-2026-11.sqlite3").exists()
+    second = cli("run", str(tmp_path / "jobs.example.yaml"), "--emulator", "--json")
+    assert second.code == 0
+    assert (json.loads(second.out)["submitted"], json.loads(second.out)["skipped"]) == (0, 11)
+
+
+def test_window_at_the_server_and_full_rate(cli: CliRunner, tmp_path: Path) -> None:
+    """90 requests at qps 30: never more than 30 in any 1 s window at the server, none throttled, >= 29/s."""
+    with running(EmulatorConfig(qps=30, latency_ms=(20, 80))) as emu:
+        r = cli("run", str(_manifest(tmp_path, 90)), "--endpoint", emu.url, "--json", env=ENV)
+        calls = list(emu.emulator.calls)
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["submitted"] == 90 and doc["throttled"] == 0
+    assert rate_at_server(calls) <= 30
+    span = calls[-1]["mono"] - calls[0]["mono"]
+    assert 89 / span >= 29.0
+
+
+def test_throttling_slows_down_and_everything_gets_through(cli: CliRunner, tmp_path: Path) -> None:
+    """Someone else uses the quota (10% Throttling.User): the run slows, resends and still submits all."""
+    config = EmulatorConfig(qps=1000, faults={"Throttling.User": 0.1}, seed=7)
+    with running(config) as emu:
+        r = cli("run", str(_manifest(tmp_path, 60)), "--endpoint", emu.url, "--qps", "200", "--json", env=ENV)
+        accepted = [c for c in emu.emulator.calls if c.get("outcome") == "accepted"]
+    doc = json.loads(r.out)
+    assert r.code == 0 and doc["submitted"] == 60 and doc["throttled"] > 0 and doc["retries"] >= doc["throttled"]
+    assert len(accepted) == 60
+
+
+def test_faults_lose_nothing_and_duplicate_only_lost_answers(cli: CliRunner, tmp_path: Path) -> None:
+    """5xx, throttling and dropped connections (before and after a job is made) at 30% in all: every request
+    ends submitted, and a video has a second job only where an answer was lost."""
+    config = EmulatorConfig(
+        qps=1000,
+        seed=3,
+        faults={"InternalError": 0.1, "ServiceUnavailable": 0.05, "drop-before": 0.05, DROP_AFTER: 0.1},
+    )
+    with running(config) as emu:
+        r = cli("run", str(_manifest(tmp_path, 80)), "--endpoint", emu.url, "--qps", "300", "--json", env=ENV)
+        calls = list(emu.emulator.calls)
+    assert r.code == 0, r.err
+    jobs: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for c in calls:
+        video = c["params"]["VideoId"]
+        if c.get("job_id"):
+            jobs[video] = jobs.get(video, 0) + 1
+        if c.get("outcome") == DROP_AFTER:
+            lost[video] = lost.get(video, 0) + 1
+    assert len(jobs) == 80
+    assert all(count - 1 <= lost.get(video, 0) for video, count in jobs.items())
+
+
+def test_wrong_secret_stops_after_one_call(cli: CliRunner, tmp_path: Path) -> None:
+    """A wrong secret: exit 4 with what to check, at most 10 calls whatever --qps and --concurrency say."""
+    env = {**ENV, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "wrong-secret-value"}
+    with running(EmulatorConfig(qps=1000)) as emu:
+        r = cli(
+            "run", str(_manifest(tmp_path, 200)), "--endpoint", emu.url, "--qps", "500", "--concurrency", "100", env=env
+        )
+        calls = len(emu.emulator.calls)
+    assert r.code == 4
+    assert "SignatureDoesNotMatch" in r.err and "check the AccessKey secret" in r.err
+    assert calls <= 10
+    assert "wrong-secret-value" not in r.err + r.out
+
+
+def test_permanent_failures_are_recorded_and_reported(cli: CliRunner, tmp_path: Path) -> None:
+    """Unknown videos fail once (not retried), exit 1; report --only failed lists them with the Code."""
+    known = {f"video-{i:05d}": None for i in range(0, 10, 2)}
+    path = _manifest(tmp_path, 10)
+    with running(EmulatorConfig(videos=known)) as emu:
+        r = cli("run", str(path), "--endpoint", emu.url, "--json", env=ENV)
+        assert len(emu.emulator.calls) == 10
+    assert r.code == 1 and json.loads(r.out)["failed"] == 5
+    report = cli("report", str(path), "--only", "failed", "--format", "jsonl")
+    rows = [json.loads(line) for line in report.out.splitlines()]
+    assert [row["video"] for row in rows] == [f"video-{i:05d}" for i in range(1, 10, 2)]
+    assert {row["error_code"] for row in rows} == {"InvalidVideo.NotFound"}
+
+
+def test_second_run_on_a_locked_state_exits_3(cli: CliRunner, tmp_path: Path) -> None:
+    """While another run holds the state, run exits 3 at once naming the holder; a dead holder's lock is free."""
+    import os
+
+    path = _manifest(tmp_path, 3)
+    holder = State(tmp_path / ".snapbatch" / "t.sqlite3")
+    holder.lock(1_700_000_000.0)
+    with running() as emu:
+        r = cli("run", str(path), "--endpoint", emu.url, env=ENV)
+        assert r.code == 3
+        assert f"pid {os.getpid()}" in r.err and "started 2023-11-14" in r.err
+        assert emu.emulator.calls == []
+        holder.close()  # the holder is gone: its lock goes with it
+        assert cli("run", str(path), "--endpoint", emu.url, env=ENV).code == 0
+
+
+def test_max_requests_slices_and_resumes(cli: CliRunner, tmp_path: Path) -> None:
+    """--max-requests stops with exit 5 and work left; the next run continues where it stopped."""
+    path = _manifest(tmp_path, 12)
+    with running(EmulatorConfig(qps=1000)) as emu:
+        first = cli("run", str(path), "--endpoint", emu.url, "--qps", "200", "--max-requests", "5", "--json", env=ENV)
+        second = cli("run", str(path), "--endpoint", emu.url, "--qps", "200", "--json", env=ENV)
+        videos = [c["params"]["VideoId"] for c in emu.emulator.calls]
+    assert first.code == 5 and json.loads(first.out)["submitted"] == 5
+    assert second.code == 0 and json.loads(second.out)["skipped"] == 5
+    assert sorted(videos) == [f"video-{i:05d}" for i in range(12)]
+
+
+def test_no_secret_in_state_or_output(cli: CliRunner, tmp_path: Path) -> None:
+    """Neither the secret nor the token ever lands in the state file, stdout or stderr."""
+    env = {**ENV, "ALIBABA_CLOUD_SECURITY_TOKEN": "sts-TOKEN-never-shown"}
+    config = EmulatorConfig(credentials={AK_ID: (AK_SECRET, "sts-TOKEN-never-shown")})
+    path = _manifest(tmp_path, 4)
+    with running(config) as emu:
+        r = cli("run", str(path), "--endpoint", emu.url, "--json", env=env)
+    assert r.code == 0, r.err
+    blobs = [r.out, r.err] + [p.read_bytes().decode("latin-1") for p in (tmp_path / ".snapbatch").iterdir()]
+    for blob in blobs:
+        assert AK_SECRET not in blob and "sts-TOKEN-never-shown" not in blob
+
+
+@pytest.mark.parametrize("args", [["--qps", "0"], ["--concurrency", "0"], ["--in-doubt", "maybe"]])
+def test_run_usage_errors(cli: CliRunner, tmp_path: Path, args: list[str]) -> None:
+    """Bad flag values: exit 2 and nothing sent."""
+    assert cli("run", str(_manifest(tmp_path, 1)), *args, env=ENV).code == 2
