@@ -1,0 +1,63 @@
+"""How many calls a second the emulator can answer: drive a `snapbatch emulator` process with the snapbatch
+client (16 in flight, limit lifted) and divide calls by the emulator's own CPU seconds.
+
+    python bench/emulator_speed.py [CALLS]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import table  # noqa: E402
+
+from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET  # noqa: E402
+from snapbatch.client import VodClient  # noqa: E402
+from snapbatch.signing import Credentials  # noqa: E402
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    proc = subprocess.Popen([sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split()[-1]
+    proc.stdout.readline()
+    with open(f"/proc/{proc.pid}/stat") as f:
+        fields = f.read().split()
+    idle_cpu = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+    async def drive() -> float:
+        async with VodClient(url, Credentials(EMULATOR_KEY_ID, EMULATOR_KEY_SECRET), max_connections=16) as client:
+            gate = anyio.Semaphore(16)
+
+            async def one() -> None:
+                async with gate:
+                    outcome = await client.submit({"VideoId": "v", "Count": "1"})
+                    assert outcome.kind == "accepted", outcome
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(calls):
+                    tg.start_soon(one)
+            return time.perf_counter() - start
+
+    wall = anyio.run(drive)
+    proc.send_signal(2)
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.stdout.close()
+    cpu = usage.ru_utime + usage.ru_stime - idle_cpu
+    print(table(["calls", "wall s", "end-to-end calls/s", "emulator CPU s", "emulator CPU ms/call",
+                 "emulator capacity calls/s (one core)"],
+                [[str(calls), f"{wall:.2f}", f"{calls / wall:.0f}", f"{cpu:.2f}", f"{cpu / calls * 1000:.3f}",
+                  f"{calls / cpu:.0f}"]]))
+
+
+if __name__ == "__main__":
+    main()
