@@ -15,11 +15,11 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import table  # noqa: E402
+from _measure import table
 
-from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET  # noqa: E402
-from snapbatch.client import VodClient  # noqa: E402
-from snapbatch.signing import Credentials  # noqa: E402
+from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.client import VodClient
+from snapbatch.signing import Credentials
 
 
 def main() -> None:

@@ -30,7 +30,16 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from snapbatch.signing import EMPTY_SHA256, parse_authorization, sign_v1, sign_v3, v1_string_to_sign, v3_string_to_sign
 
-__all__ = ["DROP_AFTER", "DROP_BEFORE", "Emulator", "EmulatorConfig", "Reply", "load_videos", "rate_at_server"]
+__all__ = [
+    "DROP_AFTER",
+    "DROP_BEFORE",
+    "Emulator",
+    "EmulatorConfig",
+    "Reply",
+    "busiest_window",
+    "load_videos",
+    "rate_at_server",
+]
 
 API_VERSION = "2017-03-21"
 DROP_BEFORE = "drop-before"  # close the connection without an answer; no job is made
@@ -525,12 +534,17 @@ def _userdata_ok(value: dict[str, Any]) -> bool:
     return True
 
 
-def rate_at_server(calls: list[dict[str, Any]], window_s: float = 1.0) -> int:
-    """The most calls that arrived in any window of ``window_s`` (from the emulator's own clock)."""
-    times = sorted(c["mono"] for c in calls)
+def busiest_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most of ``times`` that fall within any half-open window of ``window_s``."""
+    ordered = sorted(times)
     best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window_s:
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= window_s:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def rate_at_server(calls: list[dict[str, Any]], window_s: float = 1.0) -> int:
+    """The most calls that arrived in any window of ``window_s`` (from the emulator's own clock)."""
+    return busiest_window([c["mono"] for c in calls], window_s)
