@@ -24,8 +24,9 @@ from snapbatch.signing import Credentials
 
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    proc = subprocess.Popen([sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000"], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().split()[-1]
     proc.stdout.readline()
@@ -53,10 +54,28 @@ def main() -> None:
     _, _, usage = os.wait4(proc.pid, 0)
     proc.stdout.close()
     cpu = usage.ru_utime + usage.ru_stime - idle_cpu
-    print(table(["calls", "wall s", "end-to-end calls/s", "emulator CPU s", "emulator CPU ms/call",
-                 "emulator capacity calls/s (one core)"],
-                [[str(calls), f"{wall:.2f}", f"{calls / wall:.0f}", f"{cpu:.2f}", f"{cpu / calls * 1000:.3f}",
-                  f"{calls / cpu:.0f}"]]))
+    print(
+        table(
+            [
+                "calls",
+                "wall s",
+                "end-to-end calls/s",
+                "emulator CPU s",
+                "emulator CPU ms/call",
+                "emulator capacity calls/s (one core)",
+            ],
+            [
+                [
+                    str(calls),
+                    f"{wall:.2f}",
+                    f"{calls / wall:.0f}",
+                    f"{cpu:.2f}",
+                    f"{cpu / calls * 1000:.3f}",
+                    f"{calls / cpu:.0f}",
+                ]
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":
