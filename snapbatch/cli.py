@@ -128,6 +128,12 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-requests", type=_positive_int, metavar="N", help="stop after starting N requests")
     p.add_argument("--max-duration", type=_positive_float, metavar="SECONDS", help="stop starting calls after this")
+    p.add_argument(
+        "--progress-every",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="progress line interval (default: 1 s on a terminal, 10 s in a log)",
+    )
 
     p = sub.add_parser(
         "status",

@@ -8,6 +8,7 @@ import json
 import math
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from snapbatch.client import VodClient
 from snapbatch.credentials import find_credentials
 from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.endpoint import resolve_endpoint, resolve_region
-from snapbatch.errors import Problem
+from snapbatch.errors import Problem, SnapbatchError
 from snapbatch.expand import expand, fingerprint
 from snapbatch.limiter import Limiter, RateWindow
 from snapbatch.manifest import load_manifest
@@ -87,7 +88,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     manifest = load_manifest(args.manifest, env)
     out.problems(manifest.warnings)
     qps = args.qps or manifest.qps
-    concurrency = args.concurrency or max(4, math.ceil(qps * 2.5) + 2)
+    concurrency = args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2))
     if args.emulator:
         with _emulated(30.0) as (endpoint, creds):
             return _run(args, manifest, endpoint, creds, qps, concurrency, out)
@@ -108,19 +109,16 @@ def _run(
 ) -> int:
     state = State(_state_path(args, manifest))
     try:
-        started_wall = time.time()
-        state.lock(started_wall)
+        state.lock(time.time())
         recovered = state.recover()
         if recovered:
             out.log(
                 f"{recovered} requests were in flight when the last run stopped; they are in doubt and "
                 + ("will be sent again" if args.in_doubt == "resend" else "are left alone (--in-doubt skip)")
             )
-        total, new = state.ingest(expand(manifest, fold_duplicates=False), fingerprint(manifest), manifest.batch)
-        before = state.counts()
         out.log(
-            f"batch {manifest.batch}: {total} requests, {before['submitted']} submitted earlier, "
-            f"{new} new; sending to {endpoint} as {creds.access_key_id} ({creds.source}), at most {qps:g}/s"
+            f"batch {manifest.batch}: sending to {endpoint} as {creds.access_key_id} ({creds.source}), "
+            f"at most {qps:g} calls/s, {concurrency} in flight"
         )
         options = RunOptions(
             concurrency=concurrency,
@@ -129,12 +127,15 @@ def _run(
             max_requests=args.max_requests,
             max_duration_s=args.max_duration,
         )
-        result = anyio.run(_run_async, state, endpoint, creds, qps, options, out, before)
+        try:
+            result = anyio.run(_run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every)
+        except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
+            raise _first_snapbatch_error(group) from None
         state.recover()  # anything cut off by an interrupt is in doubt, not "sending"
         after = state.counts()
     finally:
         state.close()
-    summary = _summary(manifest.batch, before, after, result)
+    summary = _summary(manifest.batch, after, result)
     if result.fatal is not None:
         out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
     elif result.stop_reason:
@@ -145,75 +146,102 @@ def _run(
     return _exit_code(result, after)
 
 
+def _first_snapbatch_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_snapbatch_error(exc)
+        if isinstance(exc, SnapbatchError):
+            return exc
+    return group
+
+
 async def _run_async(
-    state: State, endpoint: str, creds: Credentials, qps: float, options: RunOptions, out: Out, before: dict[str, int]
+    state: State,
+    manifest: Manifest,
+    endpoint: str,
+    creds: Credentials,
+    qps: float,
+    options: RunOptions,
+    out: Out,
+    progress_every: float | None,
 ) -> RunResult:
     stop = anyio.Event()
     limiter = Limiter(RateWindow(qps))
     tty = out.stderr.isatty()
-    todo = before["pending"] + before["in_doubt"] + (before["failed"] if options.retry_failed else 0)
-    result_box: list[RunResult] = []
+    ingested = anyio.Event()
+    events = {"submitted": 0, "throttled": 0, "failed": 0}
+    started = time.monotonic()
+
+    abandon = threading.Event()
+
+    async def ingest() -> None:
+        fp = await anyio.to_thread.run_sync(fingerprint, manifest)
+        if state.needs_ingest(fp):
+            total, new = await anyio.to_thread.run_sync(
+                state.ingest, expand(manifest, fold_duplicates=False), fp, manifest.batch, abandon
+            )
+            if not abandon.is_set():
+                out.log(f"{total} requests in the manifest, {new} new to the state file")
+        ingested.set()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if data["kind"] == "accepted":
+            events["submitted"] += 1
+        elif data["kind"] in ("throttled", "failed"):
+            events[data["kind"]] += 1
+
+    async def progress() -> None:
+        every = progress_every or (1.0 if tty else 10.0)
+        while True:
+            await anyio.sleep(every)
+            counts = await anyio.to_thread.run_sync(state.counts)
+            elapsed = time.monotonic() - started
+            rate = events["submitted"] / elapsed if elapsed else 0.0
+            total = sum(counts[k] for k in ("pending", "sending", "submitted", "failed", "in_doubt"))
+            left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if options.in_doubt == "resend" else 0)
+            eta = duration(left / rate) if rate else "?"
+            line = (
+                f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, "
+                f"throttled {events['throttled']}, failed {events['failed']}"
+                + ("" if ingested.is_set() else " (still reading the manifest)")
+            )
+            if tty:
+                print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
+            else:
+                out.log(line)
+
+    async def signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                out.log(f"{signal.Signals(signum).name}: starting no new calls, waiting for those in flight")
+                stop.set()
+                return
+
     async with (
         VodClient(endpoint, creds, max_connections=options.concurrency) as client,
         anyio.create_task_group() as tg,
     ):
-
-        async def signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-                async for signum in received:
-                    out.log(f"{signal.Signals(signum).name}: starting no new calls, waiting for those in flight")
-                    stop.set()
-                    return
-
-        events = {"submitted": 0, "throttled": 0, "failed": 0}
-        started = time.monotonic()
-
-        def on_event(kind: str, data: dict[str, Any]) -> None:
-            if data["kind"] == "accepted":
-                events["submitted"] += 1
-            elif data["kind"] in ("throttled", "failed"):
-                events[data["kind"]] += 1
-
-        async def progress() -> None:
-            every = 0.5 if tty else 10.0
-            while True:
-                await anyio.sleep(every)
-                elapsed = time.monotonic() - started
-                rate = events["submitted"] / elapsed if elapsed else 0.0
-                left = max(0, todo - events["submitted"] - events["failed"])
-                eta = duration(left / rate) if rate else "?"
-                line = (
-                    f"{before['submitted'] + events['submitted']}/{before['submitted'] + todo} submitted, "
-                    f"{rate:.1f}/s, ETA {eta}, throttled {events['throttled']}, failed {events['failed']}"
-                )
-                if tty:
-                    print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
-                else:
-                    out.log(line)
-
-        if threading_main():
+        if threading.current_thread() is threading.main_thread():
             tg.start_soon(signals)
         tg.start_soon(progress)
-        result_box.append(await run_batch(state, client, limiter, options, on_event=on_event, stop=stop))
-        if tty:
-            print(file=out.stderr)
+        tg.start_soon(ingest)
+        result = await run_batch(
+            state, client, limiter, options, on_event=on_event, stop=stop, more_coming=lambda: not ingested.is_set()
+        )
+        abandon.set()  # an unfinished ingest commits as it goes and is redone next time
         tg.cancel_scope.cancel()
-    return result_box[0]
+    if tty:
+        print(file=out.stderr)
+    return result
 
 
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _summary(batch: str, before: dict[str, int], after: dict[str, int], result: RunResult) -> dict[str, Any]:
+def _summary(batch: str, after: dict[str, int], result: RunResult) -> dict[str, Any]:
     total = sum(after[s] for s in ("pending", "sending", "submitted", "failed", "in_doubt"))
     return {
         "batch": batch,
         "total": total,
         "submitted": result.submitted,
-        "skipped": before["submitted"],
+        "skipped": after["submitted"] - result.submitted,
         "failed": after["failed"],
         "in_doubt": after["in_doubt"],
         "pending": after["pending"],

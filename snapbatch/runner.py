@@ -1,14 +1,16 @@
 """Pending requests -> limiter -> client -> state, until done or told to stop.
 
-One dispatcher hands requests out one at a time: record the intent, wait for the limiter, start the
-call. Calls run concurrently (capped); each records its outcome. Retryable outcomes come back after an
-exponential backoff with full jitter. Until the first answer proves the credentials work, only one
-call is in flight, so a wrong key costs a single call.
+The dispatcher takes a few requests at a time (about 50 ms of sending), commits their intent in one
+transaction, then starts them one by one as the limiter allows. Calls run concurrently (capped); their
+outcomes go to a group-commit writer. Retryable outcomes come back after an exponential backoff with full
+jitter. Until an answer proves the credentials work, one call at a time is in flight, so a wrong key costs
+a single call.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from snapbatch.limiter import Limiter
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
@@ -23,7 +26,8 @@ from snapbatch.state import Row, State
 
 __all__ = ["RunOptions", "RunResult", "Sender", "run_batch"]
 
-PAGE = 500
+PAGE = 1000
+LOOKAHEAD_S = 0.05
 
 
 class Sender(Protocol):
@@ -41,7 +45,7 @@ class RunOptions:
     retry_budget: int | None = None  # None: max(100, 10% of the work)
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
-    drain_s: float = 5.0  # on interrupt, how long in-flight calls may still finish
+    drain_s: float = 5.0  # on interrupt, how long calls in flight may still finish
 
 
 @dataclass
@@ -50,13 +54,51 @@ class RunResult:
     failed: int = 0
     throttled: int = 0
     retries: int = 0
-    started: int = 0
-    stop_reason: str | None = (
-        None  # None (finished), "fatal", "max-requests", "max-duration", "retry-budget", "interrupted"
-    )
+    started: int = 0  # requests started for the first time in this run
+    calls: int = 0  # calls made, retries included
+    stop_reason: str | None = None  # None, "fatal", "max-requests", "max-duration", "retry-budget", "interrupted"
     fatal: Outcome | None = None
     elapsed_s: float = 0.0
     codes: dict[str, int] = field(default_factory=dict)
+
+
+class _Writer:
+    """Group commit: whatever is waiting when the writer gets to it goes into one transaction."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.send, self.receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
+
+    async def run(self) -> None:
+        async with self.receive:
+            async for first in self.receive:
+                ops = [first]
+                while True:
+                    try:
+                        ops.append(self.receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                writes = [op[:-1] if op[0] == "sending" else op for op in ops]
+                await anyio.to_thread.run_sync(self.state.apply, writes)
+                for op in ops:
+                    if op[0] == "sending":
+                        op[-1].set()
+
+    async def intent(self, keys: list[str]) -> None:
+        """Commit 'sending' for ``keys``; returns once it is durable."""
+        events = []
+        for key in keys:
+            event = anyio.Event()
+            events.append(event)
+            self.send.send_nowait(("sending", key, event))
+        for event in events:
+            await event.wait()
+
+    def outcome(self, key: str, outcome: Outcome, status: str) -> None:
+        self.send.send_nowait(("outcome", key, outcome, status))
+
+    def unsend(self, key: str, status: str) -> None:
+        self.send.send_nowait(("unsend", key, status))
 
 
 class _Run:
@@ -69,17 +111,22 @@ class _Run:
         on_event: Callable[[str, dict[str, Any]], None],
         clock: Callable[[], float],
         rng: random.Random,
+        more_coming: Callable[[], bool],
     ) -> None:
         self.state, self.sender, self.limiter, self.options = state, sender, limiter, options
-        self.on_event, self.clock, self.rng = on_event, clock, rng
+        self.on_event, self.clock, self.rng, self.more_coming = on_event, clock, rng, more_coming
+        self.writer = _Writer(state)
         self.result = RunResult()
         self.in_flight = 0
         self.proven = False
-        self.idle = anyio.Event()
         self.retries: list[tuple[float, int, Row]] = []
         self.retry_budget = options.retry_budget
         self.stop_reason: str | None = None
         self.wakeup = anyio.Event()
+        self.page: list[Row] = []
+        self.after_seq = 0
+        self.exhausted = False
+        self.limit_reached = False
         statuses = ["pending"]
         if options.in_doubt == "resend":
             statuses.append("in_doubt")
@@ -92,64 +139,75 @@ class _Run:
             self.stop_reason = reason
         self.wakeup.set()
 
-    async def next_row(self, cursor: list[Any]) -> Row | None:
-        """The next row to send: a due retry first, else the next pending row; waits for retries if that is all."""
+    async def _wait(self, timeout_s: float) -> None:
+        self.wakeup = anyio.Event()
+        with anyio.move_on_after(max(0.0, timeout_s)):
+            await self.wakeup.wait()
+
+    async def next_batch(self) -> list[Row]:
+        """Up to ~50 ms of work: due retries first, then pending rows in manifest order. Waits while only
+        retries, calls in flight or a running ingest can bring more; empty when there is nothing left."""
+        size = 1 if not self.proven else max(1, min(200, int(self.limiter.window.rate(self.clock()) * LOOKAHEAD_S)))
         while self.stop_reason is None:
             now = self.clock()
-            if self.retries and self.retries[0][0] <= now:
-                return heapq.heappop(self.retries)[2]
-            if not cursor[1] and not cursor[2]:
-                page = await anyio.to_thread.run_sync(self.state.pending, self.statuses, cursor[0], PAGE)
-                cursor[1] = list(reversed(page))
-                cursor[2] = len(page) < PAGE
-                if page:
-                    cursor[0] = page[-1].seq
-            if cursor[1]:
-                if self.options.max_requests is not None and self.result.started >= self.options.max_requests:
-                    self.stop("max-requests")  # calls in flight finish; their retries wait for the next run
-                    return None
-                else:
-                    self.result.started += 1
-                    row: Row = cursor[1].pop()
-                    return row
-            if not self.retries and self.in_flight == 0:
-                return None
-            delay = (self.retries[0][0] - now) if self.retries else 1.0
-            self.wakeup = anyio.Event()
-            with anyio.move_on_after(max(0.0, delay)):
-                await self.wakeup.wait()
-        return None
+            batch: list[Row] = []
+            while self.retries and self.retries[0][0] <= now and len(batch) < size:
+                batch.append(heapq.heappop(self.retries)[2])
+            while len(batch) < size:
+                if not self.page and not self.exhausted:
+                    page = await anyio.to_thread.run_sync(self.state.pending, self.statuses, self.after_seq, PAGE)
+                    self.page = list(reversed(page))
+                    if page:
+                        self.after_seq = page[-1].seq
+                    elif not self.more_coming():
+                        self.exhausted = True
+                if not self.page:
+                    break
+                limit = self.options.max_requests
+                if limit is not None and self.result.started >= limit:
+                    self.limit_reached = True  # what was started still finishes, retries included
+                    self.page.clear()
+                    self.exhausted = True
+                    break
+                self.result.started += 1
+                batch.append(self.page.pop())
+            if batch:
+                return batch
+            if not self.retries and self.in_flight == 0 and self.exhausted:
+                return []
+            wait = self.retries[0][0] - now if self.retries else (0.2 if not self.exhausted else 1.0)
+            await self._wait(wait)
+        return []
 
-    async def dispatch(self, tg: anyio.abc.TaskGroup) -> None:
-        cursor: list[Any] = [0, [], False]
+    async def dispatch(self, calls: anyio.abc.TaskGroup) -> None:
         slots = anyio.Semaphore(self.options.concurrency)
-        while True:
-            row = await self.next_row(cursor)
-            if row is None:
-                break
-            await slots.acquire()
-            while not self.proven and self.in_flight > 0 and self.stop_reason is None:
-                self.wakeup = anyio.Event()
-                await self.wakeup.wait()
-            if self.stop_reason is not None:
-                slots.release()
-                break
-            await anyio.to_thread.run_sync(self.state.mark_sending, row.key)
-            await self.limiter.acquire()
-            self.in_flight += 1
-            tg.start_soon(self.send, row, slots)
+        while batch := await self.next_batch():
+            await self.writer.intent([row.key for row in batch])
+            for index, row in enumerate(batch):
+                await slots.acquire()
+                while not self.proven and self.in_flight > 0 and self.stop_reason is None:
+                    await self._wait(1.0)
+                if self.stop_reason is None:
+                    await self.limiter.acquire()
+                if self.stop_reason is not None:
+                    slots.release()
+                    for unsent in batch[index:]:  # marked sending but never sent: back as they were
+                        self.writer.unsend(unsent.key, unsent.status)
+                    return
+                self.in_flight += 1
+                self.result.calls += 1
+                calls.start_soon(self.send, row, slots)
 
     async def send(self, row: Row, slots: anyio.Semaphore) -> None:
         try:
             outcome = await self.sender.submit(row.params)
-            with anyio.CancelScope(shield=True):
-                await self.settle(row, outcome)
+            self.settle(row, outcome)
         finally:
             self.in_flight -= 1
             slots.release()
             self.wakeup.set()
 
-    async def settle(self, row: Row, outcome: Outcome) -> None:
+    def settle(self, row: Row, outcome: Outcome) -> None:
         r = self.result
         if outcome.code:
             r.codes[outcome.code] = r.codes.get(outcome.code, 0) + 1
@@ -170,12 +228,12 @@ class _Run:
             if outcome.kind == THROTTLED:
                 r.throttled += 1
                 self.limiter.throttled()
-        await anyio.to_thread.run_sync(self.state.record, row.key, outcome, status)
+        self.writer.outcome(row.key, outcome, status)
         self.on_event("outcome", {"key": row.key, "kind": outcome.kind, "code": outcome.code})
         if outcome.kind in (THROTTLED, TRANSIENT, IN_DOUBT) and self.stop_reason is None:
-            self.retry(row, outcome)
+            self.retry(row, outcome, status)
 
-    def retry(self, row: Row, outcome: Outcome) -> None:
+    def retry(self, row: Row, outcome: Outcome, status: str) -> None:
         attempts = row.attempts + 1
         if attempts >= self.options.max_attempts:
             return  # stays pending / in_doubt for the next run
@@ -194,7 +252,7 @@ class _Run:
             row.id_kind,
             row.video,
             row.params,
-            row.status,
+            status,
             attempts,
             row.job_id,
             row.request_id,
@@ -216,44 +274,39 @@ async def run_batch(
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     stop: anyio.Event | None = None,
+    more_coming: Callable[[], bool] = lambda: False,
 ) -> RunResult:
-    """Send everything the state has pending. Set ``stop`` to finish early (Ctrl-C): no new calls start,
-    calls in flight get ``drain_s`` to finish, and anything still unanswered stays in_doubt."""
-    run = _Run(state, sender, limiter, options, on_event, clock, rng or random.Random())
+    """Send everything the state has pending (and whatever an ingest still running adds, while
+    ``more_coming()``). Set ``stop`` to finish early (Ctrl-C): no new calls start, calls in flight get
+    ``drain_s`` to finish, and anything still unanswered is left 'sending' for State.recover()."""
+    run = _Run(state, sender, limiter, options, on_event, clock, rng or random.Random(), more_coming)
     if run.retry_budget is None:
         work = sum(state.counts()[s] for s in run.statuses)
         run.retry_budget = max(100, work // 10)
     started = clock()
-    async with anyio.create_task_group() as tg:
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(run.writer.run)
+        watcher = anyio.CancelScope()
 
         async def watch() -> None:
-            if options.max_duration_s is not None:
-                with anyio.move_on_after(options.max_duration_s):
-                    await (stop.wait() if stop else anyio.sleep_forever())
+            with watcher:
+                deadline = options.max_duration_s if options.max_duration_s is not None else math.inf
+                with anyio.move_on_after(deadline):
+                    await (stop.wait() if stop is not None else anyio.sleep_forever())
                     run.stop("interrupted")
                     return
                 run.stop("max-duration")
-            elif stop is not None:
-                await stop.wait()
-                run.stop("interrupted")
 
-        watcher = anyio.CancelScope()
-
-        async def guarded_watch() -> None:
-            with watcher:
-                await watch()
-
-        tg.start_soon(guarded_watch)
-        async with anyio.create_task_group() as calls:
+        outer.start_soon(watch)
+        async with run.writer.send, anyio.create_task_group() as calls:
             await run.dispatch(calls)
             if run.stop_reason == "interrupted":
                 with anyio.move_on_after(options.drain_s):
                     while run.in_flight:
-                        run.wakeup = anyio.Event()
-                        await run.wakeup.wait()
+                        await run._wait(1.0)
                 calls.cancel_scope.cancel()
         watcher.cancel()
     result = run.result
-    result.stop_reason = run.stop_reason
+    result.stop_reason = run.stop_reason or ("max-requests" if run.limit_reached else None)
     result.elapsed_s = clock() - started
     return result

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from snapbatch.errors import LockedError, StateError
-from snapbatch.models import ACCEPTED, Outcome, Request
+from snapbatch.models import ACCEPTED, Request
 
 __all__ = ["STATUSES", "Row", "State", "default_state_path"]
 
@@ -179,90 +179,147 @@ class State:
             )
             return cur.rowcount
 
-    def ingest(self, requests: Iterable[Request], fingerprint: str, batch: str) -> tuple[int, int]:
-        """Add the manifest's requests (existing keys keep their record). Skipped when the manifest's
-        fingerprint is unchanged. Returns (requests in the manifest, new ones)."""
-        if self.meta("fingerprint") == fingerprint:
-            return int(self.meta("manifest_requests") or 0), 0
-        generation = int(self.meta("generation") or 0) + 1
+    def needs_ingest(self, fingerprint: str) -> bool:
+        return self.meta("fingerprint") != fingerprint
+
+    def ingest(
+        self, requests: Iterable[Request], fingerprint: str, batch: str, abandon: threading.Event | None = None
+    ) -> tuple[int, int]:
+        """Add the manifest's requests; existing keys keep their record. Returns (requests in the manifest,
+        new ones). Commits every few thousand rows on a connection of its own, so a run can send what is
+        already in while the rest comes in; the fingerprint is stored last, so an interrupted ingest is
+        redone next time."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the state file {self.path}: {exc}") from None
+        try:
+            return self._ingest(db, requests, fingerprint, batch, abandon or threading.Event())
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot write the state file {self.path}: {exc}; check free disk space and "
+                "permissions (what was committed is intact)"
+            ) from None
+        finally:
+            db.close()
+
+    def _ingest(
+        self,
+        db: sqlite3.Connection,
+        requests: Iterable[Request],
+        fingerprint: str,
+        batch: str,
+        abandon: threading.Event,
+    ) -> tuple[int, int]:
+        stored = db.execute("SELECT value FROM meta WHERE name = 'batch'").fetchone()
+        if stored is not None and stored[0] != batch:
+            raise StateError(f"{self.path} belongs to batch {stored[0]!r}, not {batch!r}; give another --state")
         now = self.clock()
+        row = db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
+        generation = int(row[0]) + 1 if row else 1
+        seq, before = db.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM requests").fetchone()
+        db.execute("BEGIN IMMEDIATE")
+        for name, value in (("generation", str(generation)), ("batch", batch)):
+            db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+        db.execute("COMMIT")
         variants: dict[str, int] = {}
         total = 0
-        with self._tx() as db:
-            stored = db.execute("SELECT value FROM meta WHERE name = 'batch'").fetchone()
-            if stored is not None and stored[0] != batch:
-                raise StateError(f"{self.path} belongs to batch {stored[0]!r}, not {batch!r}; give another --state")
-            seq, before = db.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM requests").fetchone()
-            rows = []
-            for request in requests:
-                total += 1
-                params = {k: v for k, v in request.params.items() if k != request.id_kind}
-                text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                variant = variants.get(text)
-                if variant is None:
-                    db.execute("INSERT OR IGNORE INTO variants(params) VALUES (?)", (text,))
-                    variant = db.execute("SELECT id FROM variants WHERE params = ?", (text,)).fetchone()[0]
-                    variants[text] = variant
-                seq += 1
-                rows.append(
-                    (
-                        request.key,
-                        seq,
-                        request.job,
-                        request.template,
-                        request.id_kind,
-                        request.video,
-                        variant,
-                        generation,
-                        now,
-                        now,
-                    )
+        rows: list[tuple[Any, ...]] = []
+        for request in requests:
+            total += 1
+            text = json.dumps(
+                {k: v for k, v in request.params.items() if k != request.id_kind},
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            variant = variants.get(text)
+            if variant is None:
+                db.execute("INSERT OR IGNORE INTO variants(params) VALUES (?)", (text,))
+                variant = db.execute("SELECT id FROM variants WHERE params = ?", (text,)).fetchone()[0]
+                variants[text] = variant
+            seq += 1
+            rows.append(
+                (
+                    request.key,
+                    seq,
+                    request.job,
+                    request.template,
+                    request.id_kind,
+                    request.video,
+                    variant,
+                    generation,
+                    now,
+                    now,
                 )
-                if len(rows) >= 5000:
-                    self._insert(db, rows)
-                    rows = []
-            self._insert(db, rows)
-            new = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] - before
-            for name, value in (
-                ("fingerprint", fingerprint),
-                ("generation", str(generation)),
-                ("batch", batch),
-                ("manifest_requests", str(total)),
-            ):
-                db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+            )
+            if len(rows) >= 5000:
+                self._insert(db, rows)
+                rows = []
+                if abandon.is_set():  # the run is over; the fingerprint stays unset, so the next run redoes this
+                    return total, 0
+        self._insert(db, rows)
+        new = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] - before
+        db.execute("BEGIN IMMEDIATE")
+        for name, value in (("fingerprint", fingerprint), ("manifest_requests", str(total))):
+            db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+        db.execute("COMMIT")
         return total, new
 
     @staticmethod
     def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        db.execute("BEGIN IMMEDIATE")
         db.executemany(
             "INSERT INTO requests(key, seq, job, template, id_kind, video, variant, generation, created_at, "
             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET generation = excluded.generation",
             rows,
         )
+        db.execute("COMMIT")
 
-    def mark_sending(self, key: str) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
-                (self.clock(), key),
-            )
-
-    def record(self, key: str, outcome: Outcome, status: str) -> None:
-        """Store an attempt's outcome with the request's resulting status."""
+    def apply(self, ops: list[tuple[Any, ...]]) -> None:
+        """Write a group of changes in one transaction: ("sending", key) records an intent,
+        ("outcome", key, Outcome, status) an attempt's result, ("unsend", key, status) takes back an intent
+        that was never sent."""
         now = self.clock()
+        unsent = [(op[2], now, op[1]) for op in ops if op[0] == "unsend"]
+        sending = [(now, op[1]) for op in ops if op[0] == "sending"]
+        accepted = [
+            (op[2].job_id, op[2].request_id, now, now, op[1])
+            for op in ops
+            if op[0] == "outcome" and op[2].kind == ACCEPTED
+        ]
+        other = [
+            (op[3], op[2].request_id, op[2].code or op[2].kind, op[2].message, now, op[1])
+            for op in ops
+            if op[0] == "outcome" and op[2].kind != ACCEPTED
+        ]
         with self._tx() as db:
-            if outcome.kind == ACCEPTED:
-                db.execute(
-                    "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, error_code = NULL, "
-                    "error_message = NULL, submitted_at = ?, updated_at = ? WHERE key = ?",
-                    (outcome.job_id, outcome.request_id, now, now, key),
+            if sending:
+                db.executemany(
+                    "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
+                    sending,
                 )
-            else:
-                db.execute(
+            if accepted:
+                db.executemany(
+                    "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, "
+                    "error_code = NULL, error_message = NULL, submitted_at = ?, updated_at = ? "
+                    "WHERE key = ?",
+                    accepted,
+                )
+            if unsent:
+                db.executemany(
+                    "UPDATE requests SET status = ?, attempts = attempts - 1, updated_at = ? WHERE key = ?", unsent
+                )
+            if other:
+                db.executemany(
                     "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, "
                     "updated_at = ? WHERE key = ?",
-                    (status, outcome.request_id, outcome.code or outcome.kind, outcome.message, now, key),
+                    other,
                 )
 
     # -- reading --------------------------------------------------------------------------------------

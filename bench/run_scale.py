@@ -1,0 +1,95 @@
+"""`run` at scale: a 1,000,000-request batch against a `snapbatch emulator` process.
+
+    python bench/run_scale.py
+
+1. fresh state: seconds until the first call reaches the emulator, and peak RSS (stopped after 2,000 calls);
+2. resume: a state holding all 1M requests with 999,000 submitted; seconds to the first call, seconds to
+   finish the last 1,000 (at qps 1000), peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import table  # noqa: E402
+from plan_scale import write_ids  # noqa: E402
+
+from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET  # noqa: E402
+from snapbatch.expand import expand, fingerprint  # noqa: E402
+from snapbatch.manifest import load_manifest  # noqa: E402
+from snapbatch.state import State  # noqa: E402
+
+N = 1_000_000
+
+
+def emulator(log: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000", "--log", str(log)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split()[-1]
+    proc.stdout.readline()
+    return proc, url
+
+
+def timed_run(manifest: Path, url: str, log: Path, *extra: str) -> tuple[float, float, float, dict[str, object]]:
+    env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": EMULATOR_KEY_ID,
+           "ALIBABA_CLOUD_ACCESS_KEY_SECRET": EMULATOR_KEY_SECRET}
+    lines_before = len(log.read_text().splitlines()) if log.exists() else 0
+    start = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "snapbatch", "run", str(manifest), "--endpoint", url, "--qps",
+                             "1000", "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - start
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) not in (0, 5):
+        raise SystemExit(err.decode())
+    first = json.loads(log.read_text().splitlines()[lines_before])["t"]
+    return first - start, wall, usage.ru_maxrss / 1024, json.loads(out)
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_ids(root / "ids.txt", N)
+        manifest = root / "m.yaml"
+        manifest.write_text("version: 1\nbatch: scale\njobs:\n  - {name: all, videos: {file: ids.txt}, "
+                            "params: {Count: 1}}\n")
+        log = root / "calls.jsonl"
+        proc, url = emulator(log)
+        try:
+            first, wall, rss, _ = timed_run(manifest, url, log, "--max-requests", "2000")
+            rows.append(["fresh state, 1M requests (stopped after 2,000 calls)", f"{first:.1f}", f"{wall:.1f}",
+                         f"{rss:.0f}"])
+            state_path = root / "resume.sqlite3"
+            loaded = load_manifest(manifest, {})
+            state = State(state_path)
+            state.ingest(expand(loaded, fold_duplicates=False), fingerprint(loaded), loaded.batch)
+            state.close()
+            with sqlite3.connect(state_path) as db:
+                db.execute("UPDATE requests SET status = 'submitted', submitted_at = 1 WHERE seq <= ?", (N - 1000,))
+            first, wall, rss, summary = timed_run(manifest, url, log, "--state", str(state_path))
+            assert summary["submitted"] == 1000 and summary["skipped"] == N - 1000, summary
+            rows.append(["resume, 999,000 of 1M done (finishes the last 1,000)", f"{first:.1f}", f"{wall:.1f}",
+                         f"{rss:.0f}"])
+        finally:
+            proc.terminate()
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+    print(table(["case", "s to first call", "wall s", "peak RSS MiB"], rows))
+
+
+if __name__ == "__main__":
+    main()
