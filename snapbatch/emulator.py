@@ -134,6 +134,7 @@ class Emulator:
         self.wall, self.mono = wall, mono
         self.rng = random.Random(config.seed)
         self.calls: list[dict[str, Any]] = []
+        self.observers: list[Callable[[dict[str, Any]], None]] = []  # told of every call, after it is logged
         self.jobs: dict[str, dict[str, Any]] = {}
         self.windows: dict[tuple[str, str], deque[float]] = {}
         self.nonces: dict[str, float] = {}
@@ -169,6 +170,8 @@ class Emulator:
         if self.log_file is not None:
             self.log_file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
             self.log_file.flush()
+        for observer in self.observers:
+            observer(entry)
         return reply
 
     def _handle(

@@ -55,10 +55,12 @@ class RateWindow:
             slot = max(slot, self.recent[0] + self.window_s)
         return slot
 
-    def admit(self, at: float) -> None:
-        """Record a call started at ``at`` (which must not be before ``next_slot``)."""
+    def admit(self, at: float, scheduled: float | None = None) -> None:
+        """Record a call started at ``at`` (not before ``next_slot``). ``scheduled``, the slot it was due at,
+        paces the next call, so timers that wake a little late do not slow the rate down; the window of
+        recent calls keeps the real start times, so lateness never eats into the margin."""
         self.recent.append(at)
-        self.last = at
+        self.last = at if scheduled is None else scheduled
 
     def throttled(self, now: float) -> bool:
         """The service throttled a call: cut the rate, once a second at most. True when it cut."""
@@ -99,12 +101,10 @@ class Limiter:
             if slot > now:
                 await self.sleep(slot - now)
                 now = self.clock()
-            # Timers wake a little late; counting from the slot rather than the wake-up keeps the pace exact,
-            # and the window's margin covers the difference. A wake-up much later restarts from now.
-            at = slot if now - slot <= self.window.margin_s / 2 else now
-            self.window.admit(at)
+            # A wake-up much later than the slot (a busy loop) restarts the pace from now.
+            self.window.admit(now, slot if now - slot <= self.window.margin_s else now)
             self.admitted += 1
-            return at
+            return now
 
     def throttled(self) -> None:
         if self.window.throttled(self.clock()):

@@ -46,6 +46,7 @@ class RunOptions:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     drain_s: float = 5.0  # on interrupt, how long calls in flight may still finish
+    outage_after: int = 50  # this many answers in a row that are transient or lost: the service is down, stop
 
 
 @dataclass
@@ -56,7 +57,8 @@ class RunResult:
     retries: int = 0
     started: int = 0  # requests started for the first time in this run
     calls: int = 0  # calls made, retries included
-    stop_reason: str | None = None  # None, "fatal", "max-requests", "max-duration", "retry-budget", "interrupted"
+    # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "interrupted"
+    stop_reason: str | None = None
     fatal: Outcome | None = None
     elapsed_s: float = 0.0
     codes: dict[str, int] = field(default_factory=dict)
@@ -127,6 +129,7 @@ class _Run:
         self.after_seq = 0
         self.exhausted = False
         self.limit_reached = False
+        self.errors_in_a_row = 0
         statuses = ["pending"]
         if options.in_doubt == "resend":
             statuses.append("in_doubt")
@@ -213,6 +216,11 @@ class _Run:
             r.codes[outcome.code] = r.codes.get(outcome.code, 0) + 1
         if outcome.kind in (ACCEPTED, FAILED, THROTTLED):
             self.proven = True
+            self.errors_in_a_row = 0
+        elif outcome.kind in (TRANSIENT, IN_DOUBT):
+            self.errors_in_a_row += 1
+            if self.errors_in_a_row >= self.options.outage_after:
+                self.stop("outage")
         if outcome.kind == ACCEPTED:
             r.submitted += 1
             status = "submitted"

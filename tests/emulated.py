@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from anyio.from_thread import start_blocking_portal
 
@@ -32,3 +36,46 @@ def running(config: EmulatorConfig | None = None) -> Iterator[Running]:
             yield Running(emulator, f"http://127.0.0.1:{port}", port)
         finally:
             future.cancel()
+
+
+@dataclass
+class Process:
+    url: str
+    log: Path
+
+    def calls(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@contextmanager
+def process(tmp: Path, *args: str) -> Iterator[Process]:
+    """`snapbatch emulator` in a process of its own, as a real service would be: nothing it does shares a
+    GIL or an event loop with the client, so arrival times at it are what a server would see."""
+    log = tmp / "emulator-calls.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snapbatch",
+            "emulator",
+            "--access-key-id",
+            AK_ID,
+            "--access-key-secret",
+            AK_SECRET,
+            "--log",
+            str(log),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        proc.stdout.readline()
+        yield Process(url, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -73,3 +73,20 @@ def test_async_limiter_sleeps_on_the_injected_clock() -> None:
     times = anyio.run(go)
     assert busiest_window(times, 1.0) <= 10
     assert 1.99 < times[-1] < 2.2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 0.004), min_size=100, max_size=300))
+def test_late_wakeups_never_eat_the_margin(lateness: list[float]) -> None:
+    """Calls that start up to 4 ms after their slot still leave the full margin in every window of real
+    start times, and lateness costs the pace no more than itself: rate >= qps / (1 s + margin + lateness)."""
+    window = RateWindow(30)
+    now, starts = 0.0, []
+    for late in lateness:
+        slot = window.next_slot(now)
+        now = slot + late
+        window.admit(now, slot)
+        starts.append(now)
+    assert all(b - a >= window.window_s - 1e-9 for a, b in zip(starts, starts[30:], strict=False))
+    worst = max(lateness)
+    assert (len(starts) - 1) / (starts[-1] - starts[0]) >= 30 / (window.window_s + worst) - 1e-6

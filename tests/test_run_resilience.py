@@ -1,0 +1,233 @@
+"""What a night run meets: kill -9, SIGTERM, outages, lost answers, slices, changed manifests, slow answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from snapbatch.client import VodClient
+from snapbatch.emulator import EmulatorConfig, rate_at_server
+from snapbatch.expand import expand, fingerprint
+from snapbatch.limiter import Limiter, RateWindow
+from snapbatch.manifest import load_manifest
+from snapbatch.runner import RunOptions, run_batch
+from snapbatch.signing import Credentials
+from snapbatch.state import State
+from tests.conftest import CliRunner
+from tests.emulated import AK_ID, AK_SECRET, process, running
+from tests.test_run import ENV, _manifest
+
+
+def _calls_reached(emu: Any, count: int) -> threading.Event:
+    reached = threading.Event()
+    emu.emulator.observers.append(lambda entry: len(emu.emulator.calls) >= count and reached.set())
+    return reached
+
+
+def _script() -> str:
+    return shutil.which("snapbatch") or str(Path(sys.executable).parent / "snapbatch")
+
+
+def _jobs_per_video(calls: list[dict[str, Any]]) -> dict[str, int]:
+    jobs: dict[str, int] = {}
+    for c in calls:
+        if c.get("job_id"):
+            jobs[c["params"]["VideoId"]] = jobs.get(c["params"]["VideoId"], 0) + 1
+    return jobs
+
+
+def test_kill_9_mid_run_loses_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    """kill -9 while calls are in flight: the next run finds them in doubt, resends them, and every video
+    gets its job; a video has two jobs only if its call was in flight at the kill."""
+    path = _manifest(tmp_path, 200)
+    with running(EmulatorConfig(qps=1000, latency_ms=(30, 60))) as emu:
+        reached = _calls_reached(emu, 60)
+        proc = subprocess.Popen(
+            [_script(), "run", str(path), "--endpoint", emu.url, "--qps", "200"],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert reached.wait(30)
+        proc.kill()
+        proc.wait()
+        with sqlite3.connect(tmp_path / ".snapbatch" / "t.sqlite3") as db:
+            in_flight = db.execute("SELECT COUNT(*) FROM requests WHERE status = 'sending'").fetchone()[0]
+        r = cli("run", str(path), "--endpoint", emu.url, "--qps", "200", "--json", env=ENV)
+        calls = list(emu.emulator.calls)
+    assert r.code == 0, r.err
+    assert f"{in_flight} requests were in flight" in r.err if in_flight else True
+    jobs = _jobs_per_video(calls)
+    assert len(jobs) == 200
+    assert sum(n - 1 for n in jobs.values()) <= in_flight
+
+
+def test_sigterm_stops_cleanly_with_130(cli: CliRunner, tmp_path: Path) -> None:
+    """SIGTERM: no new calls, those in flight finish and are recorded, exit 130; the next run completes."""
+    path = _manifest(tmp_path, 300)
+    with running(EmulatorConfig(qps=1000, latency_ms=(20, 40))) as emu:
+        reached = _calls_reached(emu, 20)
+        proc = subprocess.Popen(
+            [_script(), "run", str(path), "--endpoint", emu.url, "--qps", "100"],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert reached.wait(30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        seen = len(emu.emulator.calls)
+        with sqlite3.connect(tmp_path / ".snapbatch" / "t.sqlite3") as db:
+            statuses = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+        r = cli("run", str(path), "--endpoint", emu.url, "--qps", "300", "--json", env=ENV)
+        jobs = _jobs_per_video(emu.emulator.calls)
+    assert proc.returncode == 130, err
+    assert "SIGTERM: starting no new calls" in err
+    assert "sending" not in statuses and statuses["submitted"] == seen < 300
+    assert r.code == 0 and len(jobs) == 300 and set(jobs.values()) == {1}
+
+
+def test_outage_ends_the_run_cleanly(cli: CliRunner, tmp_path: Path) -> None:
+    """Every answer a 5xx: the run stops after a bounded number of calls with exit 5, resumable."""
+    path = _manifest(tmp_path, 500)
+    with running(EmulatorConfig(qps=1000, faults={"ServiceUnavailable": 1.0})) as emu:
+        r = cli("run", str(path), "--endpoint", emu.url, "--qps", "500", "--json", env=ENV)
+        calls = len(emu.emulator.calls)
+    assert r.code == 5, r.err
+    assert "the service looks down" in r.err
+    assert calls < 120
+    assert json.loads(r.out)["pending"] == 500
+
+
+def test_retry_budget_bounds_the_calls() -> None:
+    """With a budget of 20 retries and a service that always fails, at most requests + 20 calls are made."""
+
+    async def go(url: str, state: State) -> tuple[str | None, int]:
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET)) as client:
+            options = RunOptions(retry_budget=20, backoff_base_s=0.001, backoff_cap_s=0.01, outage_after=10_000)
+            result = await run_batch(state, client, Limiter(RateWindow(1000)), options)
+            return result.stop_reason, result.calls
+
+    with running(EmulatorConfig(qps=10_000, faults={"InternalError": 1.0})) as emu, _state_for(emu, 10) as state:
+        reason, calls = anyio.run(go, emu.url, state)
+    assert reason == "retry-budget"
+    assert calls <= 10 + 20
+
+
+class _state_for:
+    def __init__(self, emu: Any, n: int) -> None:
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = _manifest(Path(self.tmp.name), n)
+
+    def __enter__(self) -> State:
+        manifest = load_manifest(self.path, {})
+        self.state = State(Path(self.tmp.name) / "s.sqlite3")
+        self.state.ingest(expand(manifest), fingerprint(manifest), manifest.batch)
+        return self.state
+
+    def __exit__(self, *exc: object) -> None:
+        self.state.close()
+        self.tmp.cleanup()
+
+
+def _set_status(tmp_path: Path, status: str, videos: list[str]) -> None:
+    with sqlite3.connect(tmp_path / ".snapbatch" / "t.sqlite3") as db:
+        db.executemany("UPDATE requests SET status = ? WHERE video = ?", [(status, v) for v in videos])
+
+
+def test_in_doubt_resend_or_skip(cli: CliRunner, tmp_path: Path) -> None:
+    """In-doubt requests: --in-doubt skip leaves them (exit 1), the default sends them again."""
+    path = _manifest(tmp_path, 6)
+    with running() as emu:
+        assert cli("run", str(path), "--endpoint", emu.url, env=ENV).code == 0
+        _set_status(tmp_path, "in_doubt", ["video-00001", "video-00004"])
+        skip = cli("run", str(path), "--endpoint", emu.url, "--in-doubt", "skip", "--json", env=ENV)
+        calls_after_skip = len(emu.emulator.calls)
+        resend = cli("run", str(path), "--endpoint", emu.url, "--json", env=ENV)
+        resent = [c["params"]["VideoId"] for c in emu.emulator.calls[calls_after_skip:]]
+    assert skip.code == 1 and json.loads(skip.out)["in_doubt"] == 2 and calls_after_skip == 6
+    assert resend.code == 0 and sorted(resent) == ["video-00001", "video-00004"]
+
+
+def test_retry_failed(cli: CliRunner, tmp_path: Path) -> None:
+    """Failed requests are not sent again, unless --retry-failed."""
+    path = _manifest(tmp_path, 4)
+    with running(EmulatorConfig(videos={"video-00000": None, "video-00001": None})) as emu:
+        assert cli("run", str(path), "--endpoint", emu.url, env=ENV).code == 1
+        assert cli("run", str(path), "--endpoint", emu.url, env=ENV).code == 1
+        assert len(emu.emulator.calls) == 4
+        emu.emulator.config.videos = None  # the videos have been uploaded meanwhile
+        r = cli("run", str(path), "--endpoint", emu.url, "--retry-failed", "--json", env=ENV)
+    assert r.code == 0 and json.loads(r.out)["submitted"] == 2
+
+
+def test_max_duration_slices(cli: CliRunner, tmp_path: Path) -> None:
+    """--max-duration stops starting calls after that long: exit 5, the rest left for the next slice."""
+    path = _manifest(tmp_path, 100)
+    with running() as emu:
+        r = cli("run", str(path), "--endpoint", emu.url, "--qps", "10", "--max-duration", "0.5", "--json", env=ENV)
+    doc = json.loads(r.out)
+    assert r.code == 5 and 1 <= doc["submitted"] <= 7 and doc["pending"] == 100 - doc["submitted"]
+    assert "--max-duration reached" in r.err
+
+
+def test_changed_manifest_keeps_old_records_and_status_counts_them(cli: CliRunner, tmp_path: Path) -> None:
+    """A changed manifest adds its new requests; status says how many recorded ones it no longer names."""
+    path = _manifest(tmp_path, 5)
+    with running() as emu:
+        assert cli("run", str(path), "--endpoint", emu.url, env=ENV).code == 0
+        (tmp_path / "ids.txt").write_text("video-00000\nvideo-00001\nnew-video-1\n")
+        r = cli("run", str(path), "--endpoint", emu.url, "--json", env=ENV)
+    doc = json.loads(r.out)
+    assert (doc["submitted"], doc["skipped"], doc["total"]) == (1, 2, 3)
+    status = cli("status", str(path), "--json")
+    counts = json.loads(status.out)["counts"]
+    assert counts["submitted"] == 3 and counts["not_in_manifest"] == 3
+    text = cli("status", str(path)).out
+    assert "3 recorded requests are no longer in the manifest" in text and "not running" in text
+
+
+def test_report_csv(cli: CliRunner, tmp_path: Path) -> None:
+    """report: a CSV header and one row per request with the JobId the service gave."""
+    path = _manifest(tmp_path, 3)
+    with running() as emu:
+        cli("run", str(path), "--endpoint", emu.url, env=ENV)
+        jobs = {c["params"]["VideoId"]: c["job_id"] for c in emu.emulator.calls}
+    lines = cli("report", str(path)).out.splitlines()
+    assert lines[0] == ("job,key,id_kind,video,status,job_id,request_id,error_code,error_message,attempts,submitted_at")
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(r[3], r[4], r[5], r[9]) for r in rows] == [(v, "submitted", jobs[v], "1") for v in sorted(jobs)]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r[10]) for r in rows)
+
+
+def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path) -> None:
+    """Answers taking 0.8-1.5 s: the default concurrency holds >= 29.5 calls/s at the server, never > 30."""
+    with process(tmp_path, "--qps", "30", "--latency-ms", "800", "1500") as emu:
+        r = cli("run", str(_manifest(tmp_path, 120)), "--endpoint", emu.url, "--json", env=ENV)
+    calls = emu.calls()
+    times = sorted(float(c["mono"]) for c in calls)  # type: ignore[arg-type]
+    assert r.code == 0 and json.loads(r.out)["throttled"] == 0
+    assert rate_at_server(calls) <= 30
+    assert (len(times) - 2) / (times[-1] - times[1]) >= 29.5  # after the single credential probe
+
+
+def test_progress_lines_without_a_terminal(cli: CliRunner, tmp_path: Path) -> None:
+    """Without a terminal, plain progress log lines on stderr at the chosen interval."""
+    with running() as emu:
+        r = cli("run", str(_manifest(tmp_path, 45)), "--endpoint", emu.url, "--progress-every", "0.3", env=ENV)
+    lines = [line for line in r.err.splitlines() if re.search(r"\d+/45 submitted, [\d.]+/s, ETA", line)]
+    assert r.code == 0 and len(lines) >= 3
