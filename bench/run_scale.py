@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import table  # noqa: E402
-from plan_scale import write_ids  # noqa: E402
+from _measure import table
+from plan_scale import write_ids
 
-from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET  # noqa: E402
-from snapbatch.expand import expand, fingerprint  # noqa: E402
-from snapbatch.manifest import load_manifest  # noqa: E402
-from snapbatch.state import State  # noqa: E402
+from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.expand import expand, fingerprint
+from snapbatch.manifest import load_manifest
+from snapbatch.state import State
 
 N = 1_000_000
 

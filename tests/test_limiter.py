@@ -79,7 +79,8 @@ def test_async_limiter_sleeps_on_the_injected_clock() -> None:
 @given(st.lists(st.floats(0, 0.004), min_size=100, max_size=300))
 def test_late_wakeups_never_eat_the_margin(lateness: list[float]) -> None:
     """Calls that start up to 4 ms after their slot still leave the full margin in every window of real
-    start times, and lateness costs the pace no more than itself: rate >= qps / (1 s + margin + lateness)."""
+    start times, and lateness costs the pace no more than itself: 30 calls never span more than
+    1 s + margin + twice the worst lateness (the call that opens the window and the one that closes it)."""
     window = RateWindow(30)
     now, starts = 0.0, []
     for late in lateness:
@@ -89,4 +90,4 @@ def test_late_wakeups_never_eat_the_margin(lateness: list[float]) -> None:
         starts.append(now)
     assert all(b - a >= window.window_s - 1e-9 for a, b in zip(starts, starts[30:], strict=False))
     worst = max(lateness)
-    assert (len(starts) - 1) / (starts[-1] - starts[0]) >= 30 / (window.window_s + worst) - 1e-6
+    assert all(b - a <= window.window_s + 2 * worst + 1e-9 for a, b in zip(starts, starts[30:], strict=False))
