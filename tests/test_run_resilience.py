@@ -231,3 +231,81 @@ def test_progress_lines_without_a_terminal(cli: CliRunner, tmp_path: Path) -> No
         r = cli("run", str(_manifest(tmp_path, 45)), "--endpoint", emu.url, "--progress-every", "0.3", env=ENV)
     lines = [line for line in r.err.splitlines() if re.search(r"\d+/45 submitted, [\d.]+/s, ETA", line)]
     assert r.code == 0 and len(lines) >= 3
+
+
+def test_concurrency_caps_calls_in_flight(cli: CliRunner, tmp_path: Path) -> None:
+    """--concurrency 2 with answers taking 300 ms: the server never sees a third call before 300 ms pass."""
+    with running(EmulatorConfig(qps=1000, latency_ms=(300, 300))) as emu:
+        r = cli(
+            "run", str(_manifest(tmp_path, 8)), "--endpoint", emu.url, "--qps", "100", "--concurrency", "2", env=ENV
+        )
+        times = [c["mono"] for c in emu.emulator.calls]
+    assert r.code == 0
+    # after the single probe call, calls go in pairs; any three consecutive arrivals span an answer time
+    assert all(c - a >= 0.29 for a, c in zip(times[1:], times[3:], strict=False))
+
+
+def test_unusable_state_file_exits_6(cli: CliRunner, tmp_path: Path) -> None:
+    """A state path that cannot be created: exit 6 with the path and what to check, nothing sent."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    with running() as emu:
+        r = cli(
+            "run", str(_manifest(tmp_path, 2)), "--endpoint", emu.url, "--state", str(blocker / "s.sqlite3"), env=ENV
+        )
+        assert emu.emulator.calls == []
+    assert r.code == 6 and "cannot open the state file" in r.err and str(blocker) in r.err
+
+
+def test_status_of_a_running_batch(cli: CliRunner, tmp_path: Path) -> None:
+    """While a run is going, status names its pid and shows a rate; after it, 'not running'."""
+    path = _manifest(tmp_path, 400)
+    with running(EmulatorConfig(qps=1000)) as emu:
+        reached = _calls_reached(emu, 30)
+        proc = subprocess.Popen(
+            [_script(), "run", str(path), "--endpoint", emu.url, "--qps", "40"],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert reached.wait(30)
+            doc = json.loads(cli("status", str(path), "--json").out)
+            text = cli("status", str(path)).out
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert doc["running"]["pid"] == proc.pid and doc["rate_per_s"] > 0 and doc["eta_s"] > 0
+    assert doc["counts"]["submitted"] >= 1
+    assert f"running: pid {proc.pid}" in text and "ETA" in text
+    assert "not running" in cli("status", str(path)).out
+
+
+def test_progress_line_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, one live progress line rewritten in place (carriage returns, no new lines)."""
+    import pty
+
+    path = _manifest(tmp_path, 60)
+    with running() as emu:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [_script(), "run", str(path), "--endpoint", emu.url, "--progress-every", "0.3"],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=30)
+        os.close(leader)
+    screen = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert len(re.findall(r"\r\d+/60 submitted, [\d.]+/s, ETA", screen)) >= 3
