@@ -51,6 +51,7 @@ REPORT_FIELDS = (
 )
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _STOPS = {
     "max-requests": "--max-requests reached",
     "max-duration": "--max-duration reached",
@@ -105,7 +106,11 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
     endpoint = resolve_endpoint(args.endpoint, manifest.endpoint, region)
     creds = find_credentials(env, Path(env.get("HOME", str(Path.home()))), args.profile)
-    return _run(args, manifest, endpoint, creds, qps, concurrency, out)
+    # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
+    proxied = any(env.get(name) for name in _PROXY_VARIABLES)
+    if proxied:
+        out.log("a proxy is configured in the environment; calls go through it")
+    return _run(args, manifest, endpoint, creds, qps, concurrency, out, proxied)
 
 
 def _run(
@@ -116,6 +121,7 @@ def _run(
     qps: float,
     concurrency: int,
     out: Out,
+    proxied: bool = False,
 ) -> int:
     state = State(_state_path(args, manifest))
     try:
@@ -142,7 +148,9 @@ def _run(
         switch = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
-            result = anyio.run(_run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every)
+            result = anyio.run(
+                _run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every, proxied
+            )
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
         finally:
@@ -182,6 +190,7 @@ async def _run_async(
     options: RunOptions,
     out: Out,
     progress_every: float | None,
+    proxied: bool,
 ) -> RunResult:
     stop = anyio.Event()
     limiter = Limiter(RateWindow(qps))
@@ -236,7 +245,7 @@ async def _run_async(
                 return
 
     async with (
-        VodClient(endpoint, creds, max_connections=options.concurrency) as client,
+        VodClient(endpoint, creds, max_connections=options.concurrency, lean=not proxied) as client,
         anyio.create_task_group() as tg,
     ):
         if threading.current_thread() is threading.main_thread():

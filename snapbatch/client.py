@@ -13,6 +13,7 @@ import httpx
 from snapbatch.endpoint import check_url
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
 from snapbatch.signing import Credentials, canonical_query, sign_v3, v3_headers
+from snapbatch.transport import LeanTransport
 
 __all__ = ["API_VERSION", "VodClient", "classify"]
 
@@ -120,7 +121,8 @@ class _V3Auth(httpx.Auth):
 
 
 class VodClient:
-    """Calls VOD at ``endpoint``. Use as an async context manager."""
+    """Calls VOD at ``endpoint``. Use as an async context manager. ``lean=False`` uses httpx's own transport
+    (which honours HTTP(S)_PROXY), else snapbatch's LeanTransport."""
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class VodClient:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         nonce: Callable[[], str] = lambda: uuid.uuid4().hex,
         transport: httpx.AsyncBaseTransport | None = None,
+        lean: bool = True,
     ) -> None:
         check_url(endpoint)
         self.endpoint = endpoint.rstrip("/")
@@ -140,7 +143,7 @@ class VodClient:
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"user-agent": "snapbatch", "accept": "application/json"},
-            transport=transport,
+            transport=transport or (LeanTransport(max_connections=max_connections) if lean else None),
         )
 
     async def __aenter__(self) -> VodClient:
