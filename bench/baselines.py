@@ -63,9 +63,17 @@ def sdk_thread_pool(url: str, ak: str, secret: str, qps: float, threads: int, id
 
 
 def _v1_query(ak: str, secret: str, params: dict[str, str]) -> str:
-    common = {"Action": "SubmitSnapshotJob", "Version": "2017-03-21", "Format": "JSON", "AccessKeyId": ak,
-              "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0", "SignatureNonce": uuid.uuid4().hex,
-              "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **params}
+    common = {
+        "Action": "SubmitSnapshotJob",
+        "Version": "2017-03-21",
+        "Format": "JSON",
+        "AccessKeyId": ak,
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureVersion": "1.0",
+        "SignatureNonce": uuid.uuid4().hex,
+        "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **params,
+    }
     canonical = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted(common.items()))
     to_sign = "POST&%2F&" + quote(canonical, safe="~")
     signature = base64.b64encode(hmac.new(f"{secret}&".encode(), to_sign.encode(), hashlib.sha1).digest()).decode()

@@ -31,8 +31,11 @@ N = 1_000_000
 
 
 def emulator(log: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000", "--log", str(log)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000", "--log", str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().split()[-1]
     proc.stdout.readline()
@@ -40,12 +43,19 @@ def emulator(log: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def timed_run(manifest: Path, url: str, log: Path, *extra: str) -> tuple[float, float, float, dict[str, object]]:
-    env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": EMULATOR_KEY_ID,
-           "ALIBABA_CLOUD_ACCESS_KEY_SECRET": EMULATOR_KEY_SECRET}
+    env = {
+        **os.environ,
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": EMULATOR_KEY_ID,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": EMULATOR_KEY_SECRET,
+    }
     lines_before = len(log.read_text().splitlines()) if log.exists() else 0
     start = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "snapbatch", "run", str(manifest), "--endpoint", url, "--qps",
-                             "1000", "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapbatch", "run", str(manifest), "--endpoint", url, "--qps", "1000", "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - start
     assert proc.stdout is not None and proc.stderr is not None
@@ -64,14 +74,16 @@ def main() -> None:
         root = Path(tmp)
         write_ids(root / "ids.txt", N)
         manifest = root / "m.yaml"
-        manifest.write_text("version: 1\nbatch: scale\njobs:\n  - {name: all, videos: {file: ids.txt}, "
-                            "params: {Count: 1}}\n")
+        manifest.write_text(
+            "version: 1\nbatch: scale\njobs:\n  - {name: all, videos: {file: ids.txt}, params: {Count: 1}}\n"
+        )
         log = root / "calls.jsonl"
         proc, url = emulator(log)
         try:
             first, wall, rss, _ = timed_run(manifest, url, log, "--max-requests", "2000")
-            rows.append(["fresh state, 1M requests (stopped after 2,000 calls)", f"{first:.1f}", f"{wall:.1f}",
-                         f"{rss:.0f}"])
+            rows.append(
+                ["fresh state, 1M requests (stopped after 2,000 calls)", f"{first:.1f}", f"{wall:.1f}", f"{rss:.0f}"]
+            )
             state_path = root / "resume.sqlite3"
             loaded = load_manifest(manifest, {})
             state = State(state_path)
@@ -81,8 +93,9 @@ def main() -> None:
                 db.execute("UPDATE requests SET status = 'submitted', submitted_at = 1 WHERE seq <= ?", (N - 1000,))
             first, wall, rss, summary = timed_run(manifest, url, log, "--state", str(state_path))
             assert summary["submitted"] == 1000 and summary["skipped"] == N - 1000, summary
-            rows.append(["resume, 999,000 of 1M done (finishes the last 1,000)", f"{first:.1f}", f"{wall:.1f}",
-                         f"{rss:.0f}"])
+            rows.append(
+                ["resume, 999,000 of 1M done (finishes the last 1,000)", f"{first:.1f}", f"{wall:.1f}", f"{rss:.0f}"]
+            )
         finally:
             proc.terminate()
             proc.wait()

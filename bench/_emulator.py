@@ -1,0 +1,60 @@
+"""Start a `snapbatch emulator` process for a benchmark and read what it saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.emulator import busiest_window
+
+KEY_ID, KEY_SECRET = EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+
+
+@dataclass
+class Served:
+    url: str
+    log: Path
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@contextmanager
+def emulator(workdir: Path, *args: str) -> Iterator[Served]:
+    log = workdir / f"calls-{len(list(workdir.glob('calls-*')))}.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapbatch", "emulator", "--log", str(log), *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split()[-1]
+    proc.stdout.readline()
+    try:
+        yield Served(url, log)
+    finally:
+        proc.terminate()
+        proc.wait()
+        proc.stdout.close()
+
+
+def server_view(calls: list[dict[str, Any]]) -> dict[str, float]:
+    """Accepted calls per second over the whole run (first to last arrival) and sustained (from the second
+    call on: snapbatch's first call waits alone for proof that the key works), the busiest 1 s window, and
+    how many calls were throttled."""
+    accepted = sorted(c["mono"] for c in calls if c.get("outcome") == "accepted")
+    arrivals = sorted(c["mono"] for c in calls)
+    rate = (len(accepted) - 1) / (arrivals[-1] - arrivals[0]) if len(accepted) > 1 else 0.0
+    sustained = (len(accepted) - 2) / (arrivals[-1] - arrivals[1]) if len(accepted) > 2 else 0.0
+    return {
+        "accepted": len(accepted),
+        "rate": rate,
+        "sustained": sustained,
+        "busiest": busiest_window([c["mono"] for c in calls]),
+        "throttled": sum(1 for c in calls if c.get("code", "").startswith("Throttling")),
+    }

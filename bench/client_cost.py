@@ -1,0 +1,93 @@
+"""Client cost with the rate limit lifted: CPU seconds per 1,000 calls and peak memory, snapbatch against the
+official SDK in a 16-thread pool, against the same emulator in the same run.
+
+    python bench/client_cost.py [CALLS]
+
+Each tool runs twice, with 1 call and with CALLS calls; the difference divided by CALLS - 1 is the
+marginal CPU a call, so interpreter start-up and imports are not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _emulator import KEY_ID, KEY_SECRET, emulator
+from _measure import table
+
+HERE = Path(__file__).parent
+
+
+def cpu_of(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{command} failed")
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for count in (1, n):
+            (root / f"ids-{count}.txt").write_text("".join(f"video-{i:06d}\n" for i in range(count)))
+            (root / f"m-{count}.yaml").write_text(
+                f"version: 1\nbatch: cost{count}\njobs:\n  - {{name: all, "
+                f"videos: {{file: ids-{count}.txt}}, params: {{Count: 1}}}}\n"
+            )
+        with emulator(root, "--qps", "1000000") as served:
+            for name in ("snapbatch run (16 in flight)", "official SDK, 16 threads"):
+                measured = []
+                for count in (1, n):
+                    if name.startswith("snapbatch"):
+                        command = [
+                            sys.executable,
+                            "-m",
+                            "snapbatch",
+                            "run",
+                            str(root / f"m-{count}.yaml"),
+                            "--endpoint",
+                            served.url,
+                            "--qps",
+                            "1000000",
+                            "--concurrency",
+                            "16",
+                            "--state",
+                            str(root / f"s-{count}.sqlite3"),
+                        ]
+                    else:
+                        command = [
+                            sys.executable,
+                            str(HERE / "baselines.py"),
+                            "sdk",
+                            served.url,
+                            KEY_ID,
+                            KEY_SECRET,
+                            "1000000",
+                            "16",
+                            str(root / f"ids-{count}.txt"),
+                        ]
+                    measured.append(cpu_of(command, env))
+                (cpu1, _, _), (cpun, rss, wall) = measured
+                results[name] = ((cpun - cpu1) / (n - 1) * 1000, rss, n / wall)
+    sdk = results["official SDK, 16 threads"][0]
+    rows = [
+        [name, f"{cpu:.3f}", f"{cpu / sdk:.2f}", f"{rss:.0f}", f"{rate:.0f}"]
+        for name, (cpu, rss, rate) in results.items()
+    ]
+    print(f"{n} calls each, limit lifted, same emulator")
+    print(table(["client", "CPU s per 1,000 calls", "ratio to SDK", "peak RSS MiB", "calls/s (wall)"], rows))
+
+
+if __name__ == "__main__":
+    main()
