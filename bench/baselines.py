@@ -105,7 +105,8 @@ def aiolimiter_script(url: str, ak: str, secret: str, qps: float, concurrency: i
 
 if __name__ == "__main__":
     kind, url, ak, secret, qps, threads, ids_file = sys.argv[1:8]
-    ids = [line.strip() for line in open(ids_file) if line.strip()]
+    with open(ids_file) as handle:
+        ids = [line.strip() for line in handle if line.strip()]
     run = sdk_thread_pool if kind == "sdk" else aiolimiter_script
     start = time.perf_counter()
     result = run(url, ak, secret, float(qps), int(threads), ids)

@@ -4,8 +4,8 @@
 
 For answers in 20-80 ms and in 0.8-1.5 s: accepted calls (the baselines do not resend throttled calls,
 so some are lost), accepted calls per second overall and sustained (from the second call), the busiest
-1-second window and the throttled count, for `snapbatch run`, the official SDK in a 32-thread pool with a sleep-based limit,
-and an asyncio script with aiolimiter. The floor is 30/s: the table says how close each gets.
+1-second window and the throttled count, for `snapbatch run`, the official SDK in a 32-thread pool with
+a sleep-based limit, and an asyncio script with aiolimiter. The floor is 30/s: the table says how close each gets.
 """
 
 from __future__ import annotations
