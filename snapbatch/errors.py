@@ -42,12 +42,19 @@ class Problem:
     severity: str = "error"  # "error" or "warning"
 
     def format(self) -> str:
-        loc = self.file
+        """FILE:LINE:COL: WHERE: MESSAGE on one line, whatever characters the manifest held."""
+        loc = _printable(self.file)
         if self.line is not None:
             loc += f":{self.line}:{self.col if self.col is not None else 1}"
         label = "warning: " if self.severity == "warning" else ""
-        where = f" {self.where}:" if self.where else ""
-        return f"{loc}:{where} {label}{self.message}"
+        where = f" {_printable(self.where)}:" if self.where else ""
+        return f"{loc}:{where} {label}{_printable(self.message)}"
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class ManifestError(SnapbatchError):

@@ -217,6 +217,10 @@ def load(data: bytes, file: str) -> Document:
         if mark is None:
             raise fail(f"YAML syntax: {what}") from None
         raise fail(f"YAML syntax: {what}", mark.line + 1, mark.column + 1) from None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        raise fail(f"character {exc.character!r} is not allowed in YAML; remove it", line, col) from None
     except yaml.YAMLError as exc:
         raise fail(f"YAML syntax: {exc}") from None
     except RecursionError:
