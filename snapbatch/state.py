@@ -281,46 +281,41 @@ class State:
         )
         db.execute("COMMIT")
 
+    _APPLY_SQL = {
+        "sending": "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
+        "submitted": "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, error_code = NULL, "
+        "error_message = NULL, submitted_at = ?, updated_at = ? WHERE key = ?",
+        "unsend": "UPDATE requests SET status = ?, attempts = attempts - 1, updated_at = ? WHERE key = ?",
+        "other": "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, updated_at = ? "
+        "WHERE key = ?",
+    }
+
     def apply(self, ops: list[tuple[Any, ...]]) -> None:
-        """Write a group of changes in one transaction: ("sending", key) records an intent,
+        """Write a group of changes, in order, in one transaction: ("sending", key) records an intent,
         ("outcome", key, Outcome, status) an attempt's result, ("unsend", key, status) takes back an intent
         that was never sent."""
         now = self.clock()
-        unsent = [(op[2], now, op[1]) for op in ops if op[0] == "unsend"]
-        sending = [(now, op[1]) for op in ops if op[0] == "sending"]
-        accepted = [
-            (op[2].job_id, op[2].request_id, now, now, op[1])
-            for op in ops
-            if op[0] == "outcome" and op[2].kind == ACCEPTED
-        ]
-        other = [
-            (op[3], op[2].request_id, op[2].code or op[2].kind, op[2].message, now, op[1])
-            for op in ops
-            if op[0] == "outcome" and op[2].kind != ACCEPTED
-        ]
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for op in ops:
+            if op[0] == "sending":
+                kind, args = "sending", (now, op[1])
+            elif op[0] == "unsend":
+                kind, args = "unsend", (op[2], now, op[1])
+            elif op[2].kind == ACCEPTED:
+                kind, args = "submitted", (op[2].job_id, op[2].request_id, now, now, op[1])
+            else:
+                outcome = op[2]
+                kind, args = (
+                    "other",
+                    (op[3], outcome.request_id, outcome.code or outcome.kind, outcome.message, now, op[1]),
+                )
+            if runs and runs[-1][0] == kind:  # consecutive changes of one kind go in one executemany
+                runs[-1][1].append(args)
+            else:
+                runs.append((kind, [args]))
         with self._tx() as db:
-            if sending:
-                db.executemany(
-                    "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
-                    sending,
-                )
-            if accepted:
-                db.executemany(
-                    "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, "
-                    "error_code = NULL, error_message = NULL, submitted_at = ?, updated_at = ? "
-                    "WHERE key = ?",
-                    accepted,
-                )
-            if unsent:
-                db.executemany(
-                    "UPDATE requests SET status = ?, attempts = attempts - 1, updated_at = ? WHERE key = ?", unsent
-                )
-            if other:
-                db.executemany(
-                    "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, "
-                    "updated_at = ? WHERE key = ?",
-                    other,
-                )
+            for kind, rows in runs:
+                db.executemany(self._APPLY_SQL[kind], rows)
 
     # -- reading --------------------------------------------------------------------------------------
 

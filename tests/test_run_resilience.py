@@ -309,3 +309,92 @@ def test_progress_line_on_a_terminal(tmp_path: Path) -> None:
     screen = b"".join(chunks).decode()
     assert proc.returncode == 0
     assert len(re.findall(r"\r\d+/60 submitted, [\d.]+/s, ETA", screen)) >= 3
+
+
+def test_repeated_kill_9_at_random_moments(cli: CliRunner, tmp_path: Path) -> None:
+    """Four runs killed at random moments, then one to the end: nothing lost, and no more second jobs
+    than calls that were in flight at the kills."""
+    import random
+
+    rnd = random.Random(7)
+    path = _manifest(tmp_path, 150)
+    in_flight_total = 0
+    with running(EmulatorConfig(qps=1000, latency_ms=(5, 40))) as emu:
+        for _ in range(4):
+            reached = _calls_reached(emu, len(emu.emulator.calls) + rnd.randint(5, 30))
+            proc = subprocess.Popen(
+                [_script(), "run", str(path), "--endpoint", emu.url, "--qps", "300"],
+                env={**os.environ, **ENV},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            assert reached.wait(30)
+            proc.kill()
+            proc.wait()
+            with sqlite3.connect(tmp_path / ".snapbatch" / "t.sqlite3") as db:
+                in_flight_total += db.execute("SELECT COUNT(*) FROM requests WHERE status = 'sending'").fetchone()[0]
+        r = cli("run", str(path), "--endpoint", emu.url, "--qps", "300", "--json", env=ENV)
+        jobs = _jobs_per_video(emu.emulator.calls)
+    assert r.code == 0, r.err
+    assert len(jobs) == 150
+    assert sum(n - 1 for n in jobs.values()) <= in_flight_total
+
+
+def test_full_disk_is_a_clear_error_and_corrupts_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    """The state file cannot grow (a file-size limit, as on a full disk): exit 6 saying what to check; the
+    state stays intact and the next run finishes the batch without losing a request."""
+    import resource
+
+    path = _manifest(tmp_path, 3000)
+    state_file = tmp_path / "state.sqlite3"
+    State(state_file).close()  # an empty store: the schema, and nothing else
+    limit = state_file.stat().st_size + 256 * 1024
+
+    def cap_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with running(EmulatorConfig(qps=100_000)) as emu:
+        proc = subprocess.run(
+            [_script(), "run", str(path), "--endpoint", emu.url, "--qps", "2000", "--state", str(state_file)],
+            env={**os.environ, **ENV},
+            capture_output=True,
+            text=True,
+            preexec_fn=cap_file_size,
+            timeout=120,
+        )
+        assert proc.returncode == 6, proc.stderr
+        assert "cannot write the state file" in proc.stderr and "free disk space" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        with sqlite3.connect(state_file) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        r = cli("run", str(path), "--endpoint", emu.url, "--qps", "2000", "--state", str(state_file), "--json", env=ENV)
+        jobs = _jobs_per_video(emu.emulator.calls)
+    assert r.code == 0, r.err
+    assert len(jobs) == 3000
+
+
+def test_wall_clock_jump_is_reported_not_retried() -> None:
+    """The machine's clock jumps 20 minutes mid-run: the service refuses the timestamps, the run stops with
+    the clock named (fatal, nothing retried in a loop); pacing, on the monotonic clock, is unaffected."""
+    from datetime import UTC, datetime, timedelta
+
+    from snapbatch.models import FATAL
+
+    calls = [0]
+
+    def jumping_clock() -> datetime:
+        calls[0] += 1
+        return datetime.now(UTC) + (timedelta(minutes=20) if calls[0] > 5 else timedelta(0))
+
+    async def go(url: str, state: State) -> Any:
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET), clock=jumping_clock) as client:
+            return await run_batch(state, client, Limiter(RateWindow(200)), RunOptions())
+
+    with running(EmulatorConfig(qps=1000)) as emu, _state_for(emu, 30) as state:
+        result = anyio.run(go, emu.url, state)
+        assert len(emu.emulator.calls) <= 5 + 10
+        counts = state.counts()
+    assert result.stop_reason == "fatal" and result.fatal.kind == FATAL
+    assert result.fatal.code == "InvalidTimeStamp.Expired" and "clock" in result.fatal.message
+    assert counts["submitted"] == 5 and counts["sending"] == 0
