@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from snapbatch.errors import LockedError, StateError
 from snapbatch.models import ACCEPTED, Request
@@ -281,7 +281,7 @@ class State:
         )
         db.execute("COMMIT")
 
-    _APPLY_SQL = {
+    _APPLY_SQL: ClassVar[dict[str, str]] = {
         "sending": "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
         "submitted": "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, error_code = NULL, "
         "error_message = NULL, submitted_at = ?, updated_at = ? WHERE key = ?",
@@ -297,6 +297,7 @@ class State:
         now = self.clock()
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
         for op in ops:
+            args: tuple[Any, ...]
             if op[0] == "sending":
                 kind, args = "sending", (now, op[1])
             elif op[0] == "unsend":
