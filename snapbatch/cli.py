@@ -13,13 +13,11 @@ from typing import TextIO
 import anyio
 
 from snapbatch import __version__
-from snapbatch.cli_run import EXIT, Out, report_command, run_command, status_command
+from snapbatch.cli_run import EXIT, Out, report_command, resolve_target, run_command, status_command
 from snapbatch.emulator import Emulator, EmulatorConfig, load_videos
-from snapbatch.endpoint import resolve_endpoint, resolve_region
 from snapbatch.errors import LockedError, ManifestError, Problem, SnapbatchError, StateError, UsageError
 from snapbatch.expand import expand, survey
 from snapbatch.manifest import load_manifest
-from snapbatch.models import Manifest
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
 
 __all__ = ["COMMANDS", "EXIT", "main"]
@@ -145,6 +143,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     )
     p.add_argument("manifest", metavar="MANIFEST", type=Path)
     _add_state_arg(p)
+    p.add_argument("--emulator", action="store_true", help="the state of `run --emulator` rehearsals")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -158,6 +157,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     )
     p.add_argument("manifest", metavar="MANIFEST", type=Path)
     _add_state_arg(p)
+    p.add_argument("--emulator", action="store_true", help="the state of `run --emulator` rehearsals")
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     p.add_argument("--only", choices=("failed", "in_doubt", "submitted", "pending"))
 
@@ -348,16 +348,10 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
     return worst
 
 
-def _load_for_sending(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> tuple[Manifest, str, float]:
-    manifest = load_manifest(args.manifest, env)
-    region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
-    endpoint = resolve_endpoint(args.endpoint, manifest.endpoint, region)
-    qps = args.qps or manifest.qps
-    return manifest, endpoint, qps
-
-
 def _plan(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
-    manifest, endpoint, qps = _load_for_sending(args, env, out)
+    manifest = load_manifest(args.manifest, env)
+    endpoint = resolve_target(args, manifest, env)
+    qps = args.qps or manifest.qps
     found = survey(manifest)  # reads every ID once more, so that nothing is printed for an invalid manifest
     out.problems([*manifest.warnings, *found.warnings])
     write = out.stdout.write

@@ -23,7 +23,7 @@ from snapbatch.client import VodClient
 from snapbatch.credentials import find_credentials
 from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.endpoint import resolve_endpoint, resolve_region
-from snapbatch.errors import Problem, SnapbatchError
+from snapbatch.errors import Problem, SnapbatchError, StateError
 from snapbatch.expand import expand, fingerprint
 from snapbatch.limiter import Limiter, RateWindow
 from snapbatch.manifest import load_manifest
@@ -33,7 +33,7 @@ from snapbatch.runner import RunOptions, RunResult, run_batch
 from snapbatch.signing import Credentials
 from snapbatch.state import State, default_state_path
 
-__all__ = ["EXIT", "Out", "report_command", "run_command", "status_command"]
+__all__ = ["EXIT", "Out", "report_command", "resolve_target", "run_command", "status_command"]
 
 EXIT = {"ok": 0, "failed": 1, "usage": 2, "locked": 3, "fatal": 4, "stopped": 5, "state": 6, "interrupted": 130}
 REPORT_FIELDS = (
@@ -103,14 +103,19 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     if args.emulator:
         with _emulated(30.0) as (endpoint, creds):
             return _run(args, manifest, endpoint, creds, qps, concurrency, out)
-    region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
-    endpoint = resolve_endpoint(args.endpoint, manifest.endpoint, region)
+    endpoint = resolve_target(args, manifest, env)
     creds = find_credentials(env, Path(env.get("HOME", str(Path.home()))), args.profile)
     # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
     proxied = any(env.get(name) for name in _PROXY_VARIABLES)
     if proxied:
         out.log("a proxy is configured in the environment; calls go through it")
     return _run(args, manifest, endpoint, creds, qps, concurrency, out, proxied)
+
+
+def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
+    """The endpoint URL: --endpoint, the manifest's, or the region's (--region, manifest, environment)."""
+    region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
+    return resolve_endpoint(args.endpoint, manifest.endpoint, region)
 
 
 def _run(
@@ -304,14 +309,11 @@ def _open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manif
     manifest = load_manifest(args.manifest, env, check_ids=False)
     path = _state_path(args, manifest)
     if not path.exists():
-        raise_missing(path)
+        raise StateError(
+            f"no state file at {path}: nothing has been run for this batch yet (or give --state, "
+            "or --emulator for the state of emulator runs)"
+        )
     return manifest, State(path)
-
-
-def raise_missing(path: Path) -> None:
-    from snapbatch.errors import StateError
-
-    raise StateError(f"no state file at {path}: nothing has been run for this batch yet (or give --state)")
 
 
 def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:

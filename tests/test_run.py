@@ -37,6 +37,9 @@ def test_example_on_the_builtin_emulator(cli: CliRunner, tmp_path: Path) -> None
     assert (tmp_path / ".snapbatch" / "catalog-2026-11.emulator.sqlite3").exists()
     assert not (tmp_path / ".snapbatch" / "catalog-2026-11.sqlite3").exists()
     second = cli("run", str(tmp_path / "jobs.example.yaml"), "--emulator", "--json")
+    report = cli("report", str(tmp_path / "jobs.example.yaml"), "--emulator").out.splitlines()
+    assert len(report) == 12 and all(",submitted," in line for line in report[1:])
+    assert cli("status", str(tmp_path / "jobs.example.yaml")).code == 6  # no real run yet: says so
     assert second.code == 0
     assert (json.loads(second.out)["submitted"], json.loads(second.out)["skipped"]) == (0, 11)
 
