@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS requests (
     submitted_at REAL
 );
 CREATE INDEX IF NOT EXISTS requests_status_seq ON requests(status, seq);
+CREATE INDEX IF NOT EXISTS requests_generation_status ON requests(generation, status);
 """
 
 
@@ -82,6 +83,7 @@ class State:
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._lock_file: IO[str] | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,10 @@ class State:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(_SCHEMA)
+            # Reads (progress, status, the next page of work) get a connection of their own: in WAL mode they
+            # never wait for the writer, and a long count never holds up an intent before a due call.
+            self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.reader.execute("PRAGMA busy_timeout=5000")
         except (OSError, sqlite3.Error) as exc:
             raise StateError(
                 f"cannot open the state file {path}: {exc}; check the path, its permissions and free disk space"
@@ -141,6 +147,8 @@ class State:
             return None
 
     def close(self) -> None:
+        with self._read_lock:
+            self.reader.close()
         with self._lock:
             self.db.close()
             if self._lock_file is not None:
@@ -167,8 +175,8 @@ class State:
                 ) from None
 
     def meta(self, name: str) -> str | None:
-        with self._lock:
-            row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        with self._read_lock:
+            row = self.reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def recover(self) -> int:
@@ -334,8 +342,8 @@ class State:
         """The next requests in manifest order whose status is one of ``statuses``, of this manifest."""
         generation = int(self.meta("generation") or 0)
         marks = ",".join("?" * len(statuses))
-        with self._lock:
-            raws = self.db.execute(
+        with self._read_lock:
+            raws = self.reader.execute(
                 f"{self._SELECT} WHERE r.status IN ({marks}) AND r.seq > ? AND r.generation = ? ORDER BY r.seq LIMIT ?",
                 (*statuses, after_seq, generation, limit),
             ).fetchall()
@@ -350,8 +358,8 @@ class State:
             if statuses:
                 where += f" AND r.status IN ({','.join('?' * len(statuses))})"
                 args += list(statuses)
-            with self._lock:
-                raws = self.db.execute(f"{self._SELECT} WHERE {where} ORDER BY r.seq LIMIT 2000", args).fetchall()
+            with self._read_lock:
+                raws = self.reader.execute(f"{self._SELECT} WHERE {where} ORDER BY r.seq LIMIT 2000", args).fetchall()
             if not raws:
                 return
             for raw in raws:
@@ -360,22 +368,22 @@ class State:
 
     def counts(self) -> dict[str, int]:
         generation = int(self.meta("generation") or 0)
-        with self._lock:
+        with self._read_lock:
             found = dict(
-                self.db.execute(
+                self.reader.execute(
                     "SELECT status, COUNT(*) FROM requests WHERE generation = ? GROUP BY status", (generation,)
                 ).fetchall()
             )
-            stale = self.db.execute("SELECT COUNT(*) FROM requests WHERE generation < ?", (generation,)).fetchone()
+            stale = self.reader.execute("SELECT COUNT(*) FROM requests WHERE generation < ?", (generation,)).fetchone()
         result = {s: int(found.get(s, 0)) for s in STATUSES}
         result["not_in_manifest"] = int(stale[0])
         return result
 
     def recent_errors(self, since: float, limit: int = 5) -> list[tuple[str, int]]:
-        with self._lock:
+        with self._read_lock:
             return [
                 (str(c), int(n))
-                for c, n in self.db.execute(
+                for c, n in self.reader.execute(
                     "SELECT error_code, COUNT(*) FROM requests WHERE error_code IS NOT NULL AND updated_at >= ? "
                     "GROUP BY error_code ORDER BY COUNT(*) DESC LIMIT ?",
                     (since, limit),
@@ -383,5 +391,7 @@ class State:
             ]
 
     def submitted_since(self, since: float) -> int:
-        with self._lock:
-            return int(self.db.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0])
+        with self._read_lock:
+            return int(
+                self.reader.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0]
+            )
