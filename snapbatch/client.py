@@ -15,7 +15,7 @@ from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANS
 from snapbatch.signing import Credentials, canonical_query, sign_v3, v3_headers
 from snapbatch.transport import LeanTransport
 
-__all__ = ["API_VERSION", "VodClient", "classify"]
+__all__ = ["API_VERSION", "VodClient", "classify", "parse_body"]
 
 API_VERSION = "2017-03-21"
 _TRANSIENT_CODES = {"ServiceUnavailable", "ServiceUnAvailable", "InternalError", "SignatureNonceUsed", "ServiceTimeout"}
@@ -45,13 +45,21 @@ _FATAL_HINTS = {
 }
 
 
-def classify(status: int, body: bytes) -> Outcome:
-    """An HTTP answer -> Outcome, by error Code; a body that is not VOD's JSON by status alone."""
+def parse_body(body: bytes) -> dict[str, Any] | None:
+    """The answer's JSON object, or None when it is not one (a proxy's HTML page, say)."""
     try:
-        doc: Any = json.loads(body)
+        doc = json.loads(body)
     except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def classify(status: int, body: bytes, doc: dict[str, Any] | None = None) -> Outcome:
+    """An HTTP answer -> Outcome, by error Code; a body that is not VOD's JSON by status alone. ``doc`` is
+    the body already parsed, when the caller has it."""
+    if doc is None:
+        doc = parse_body(body)
+    if doc is None:
         snippet = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
         message = f"HTTP {status} with a body that is not VOD's JSON: {snippet!r}"
         if 200 <= status < 300:
@@ -104,7 +112,9 @@ class _V3Auth(httpx.Auth):
             body=body,
             token=self.credentials.security_token,
         )
-        query = dict(request.url.params.multi_items())
+        query = request.extensions.get("snapbatch.params")
+        if query is None:
+            query = dict(request.url.params.multi_items())
         request.headers["Authorization"] = sign_v3(
             method=request.method,
             path=request.url.path,
@@ -159,18 +169,17 @@ class VodClient:
         """One attempt; the Outcome and, when the answer was JSON, the parsed body."""
         url = f"{self.endpoint}/?{canonical_query(params)}" if params else f"{self.endpoint}/"
         try:
-            response = await self._http.post(url, headers={"x-snapbatch-action": action})
+            # The signer takes the parameters from the extensions rather than parsing the URL back.
+            response = await self._http.post(
+                url, headers={"x-snapbatch-action": action}, extensions={"snapbatch.params": params}
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(TRANSIENT, code=None, message=f"{type(exc).__name__}: {exc}"), None
         except httpx.TransportError as exc:  # sent, or partly sent, and no answer: a job may exist
             detail = str(exc) or "no answer"
             return Outcome(IN_DOUBT, code=None, message=f"{type(exc).__name__}: {detail}"), None
-        outcome = classify(response.status_code, response.content)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return outcome, body if isinstance(body, dict) else None
+        doc = parse_body(response.content)
+        return classify(response.status_code, response.content, doc), doc
 
     async def submit(self, params: Mapping[str, str]) -> Outcome:
         """SubmitSnapshotJob with exactly ``params`` (as `plan` shows them)."""
