@@ -98,7 +98,8 @@ class State:
             self.reader.execute("PRAGMA busy_timeout=5000")
         except (OSError, sqlite3.Error) as exc:
             raise StateError(
-                f"cannot open the state file {path}: {exc}; check the path, its permissions and free disk space"
+                f"cannot open the state file {path}: {exc}; check the path, its permissions, free disk space, "
+                "and that the disk is not read-only"
             ) from None
 
     # -- locking --------------------------------------------------------------------------------------

@@ -118,6 +118,9 @@ def test_permanent_failures_are_recorded_and_reported(cli: CliRunner, tmp_path: 
     rows = [json.loads(line) for line in report.out.splitlines()]
     assert [row["video"] for row in rows] == [f"video-{i:05d}" for i in range(1, 10, 2)]
     assert {row["error_code"] for row in rows} == {"InvalidVideo.NotFound"}
+    status = json.loads(cli("status", str(path), "--json").out)
+    assert status["recent_errors"] == [{"code": "InvalidVideo.NotFound", "count": 5}]
+    assert "recent errors: InvalidVideo.NotFound x5" in cli("status", str(path)).out
 
 
 def test_second_run_on_a_locked_state_exits_3(cli: CliRunner, tmp_path: Path) -> None:

@@ -394,3 +394,32 @@ def test_wall_clock_jump_is_reported_not_retried() -> None:
     assert result.stop_reason == "fatal" and result.fatal.kind == FATAL
     assert result.fatal.code == "InvalidTimeStamp.Expired" and "clock" in result.fatal.message
     assert counts["submitted"] == 5 and counts["sending"] == 0
+
+
+def test_read_only_disk_is_a_clear_error_and_corrupts_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    """The disk holding the state turns read-only between runs: exit 6 naming the file; once writable again
+    the state is intact and the batch finishes. Needs a tmpfs mount (root), else it is skipped."""
+    import pytest
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted on this machine")
+    try:
+        path = _manifest(tmp_path, 40)
+        state = disk / "s.sqlite3"
+        with running() as emu:
+            first = cli("run", str(path), "--endpoint", emu.url, "--max-requests", "10", "--state", str(state), env=ENV)
+            assert first.code == 5, first.err
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            r = cli("run", str(path), "--endpoint", emu.url, "--state", str(state), env=ENV)
+            assert r.code == 6 and str(state) in r.err and "Traceback" not in r.err
+            assert len(emu.emulator.calls) == 10  # nothing was sent without a place to record it
+            subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+            with sqlite3.connect(state) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            done = cli("run", str(path), "--endpoint", emu.url, "--state", str(state), "--json", env=ENV)
+            jobs = _jobs_per_video(emu.emulator.calls)
+        assert done.code == 0 and len(jobs) == 40 and set(jobs.values()) == {1}
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
