@@ -28,7 +28,15 @@ from snapbatch.expand import expand, fingerprint
 from snapbatch.limiter import Limiter, RateWindow
 from snapbatch.manifest import load_manifest
 from snapbatch.models import Manifest
-from snapbatch.report import duration
+from snapbatch.report import (
+    REPORT_FIELDS,
+    progress_line,
+    report_row,
+    run_summary,
+    status_document,
+    status_text,
+    summary_line,
+)
 from snapbatch.runner import RunOptions, RunResult, run_batch
 from snapbatch.signing import Credentials
 from snapbatch.state import State, default_state_path
@@ -36,19 +44,6 @@ from snapbatch.state import State, default_state_path
 __all__ = ["EXIT", "Out", "report_command", "resolve_target", "run_command", "status_command"]
 
 EXIT = {"ok": 0, "failed": 1, "usage": 2, "locked": 3, "fatal": 4, "stopped": 5, "state": 6, "interrupted": 130}
-REPORT_FIELDS = (
-    "job",
-    "key",
-    "id_kind",
-    "video",
-    "status",
-    "job_id",
-    "request_id",
-    "error_code",
-    "error_message",
-    "attempts",
-    "submitted_at",
-)
 
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -164,14 +159,14 @@ def _run(
         after = state.counts()
     finally:
         state.close()
-    summary = _summary(manifest.batch, after, result)
+    summary = run_summary(manifest.batch, after, result)
     if result.fatal is not None:
         out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
     elif result.stop_reason:
         out.log(
             f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}; the state is saved, run again to continue"
         )
-    out.log(_summary_line(summary))
+    out.log(summary_line(summary))
     if args.json:
         print(json.dumps(summary), file=out.stdout)
     return _exit_code(result, after)
@@ -227,15 +222,12 @@ async def _run_async(
         while True:
             await anyio.sleep(every)
             counts = await anyio.to_thread.run_sync(state.counts)
-            elapsed = time.monotonic() - started
-            rate = events["submitted"] / elapsed if elapsed else 0.0
-            total = sum(counts[k] for k in ("pending", "sending", "submitted", "failed", "in_doubt"))
-            left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if options.in_doubt == "resend" else 0)
-            eta = duration(left / rate) if rate else "?"
-            line = (
-                f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, "
-                f"throttled {events['throttled']}, failed {events['failed']}"
-                + ("" if ingested.is_set() else " (still reading the manifest)")
+            line = progress_line(
+                counts,
+                events,
+                time.monotonic() - started,
+                options.in_doubt == "resend",
+                ingesting=not ingested.is_set(),
             )
             if tty:
                 print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
@@ -265,32 +257,6 @@ async def _run_async(
     if tty:
         print(file=out.stderr)
     return result
-
-
-def _summary(batch: str, after: dict[str, int], result: RunResult) -> dict[str, Any]:
-    total = sum(after[s] for s in ("pending", "sending", "submitted", "failed", "in_doubt"))
-    return {
-        "batch": batch,
-        "total": total,
-        "submitted": result.submitted,
-        "skipped": after["submitted"] - result.submitted,
-        "failed": after["failed"],
-        "in_doubt": after["in_doubt"],
-        "pending": after["pending"],
-        "throttled": result.throttled,
-        "retries": result.retries,
-        "elapsed_s": round(result.elapsed_s, 3),
-        "rate_per_s": round(result.submitted / result.elapsed_s, 3) if result.elapsed_s > 0 else 0.0,
-        "stopped": result.stop_reason,
-    }
-
-
-def _summary_line(s: dict[str, Any]) -> str:
-    return (
-        f"{s['submitted']} submitted now, {s['skipped']} earlier, {s['failed']} failed, {s['in_doubt']} in doubt, "
-        f"{s['pending']} pending of {s['total']}; {s['throttled']} throttled, {s['retries']} retries, "
-        f"{s['rate_per_s']}/s over {duration(s['elapsed_s'])}"
-    )
 
 
 def _exit_code(result: RunResult, after: dict[str, int]) -> int:
@@ -326,67 +292,26 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
         errors = state.recent_errors(now - 3600)
     finally:
         state.close()
-    left = counts["pending"] + counts["in_doubt"] + counts["sending"]
-    rate = recent / 60
-    eta_s = round(left / rate) if rate and holder else None
-    doc = {
-        "batch": manifest.batch,
-        "counts": counts,
-        "running": holder,
-        "rate_per_s": round(rate, 2),
-        "eta_s": eta_s,
-        "recent_errors": [{"code": c, "count": n} for c, n in errors],
-    }
+    doc = status_document(manifest.batch, counts, holder, recent / 60, errors)
     if args.json:
         print(json.dumps(doc), file=out.stdout)
-        return EXIT["ok"]
-    w = out.stdout.write
-    w(f"batch {manifest.batch}\n")
-    for name in ("submitted", "pending", "sending", "in_doubt", "failed"):
-        w(f"  {name:<10} {counts[name]:>10}\n")
-    if counts["not_in_manifest"]:
-        w(f"  {counts['not_in_manifest']} recorded requests are no longer in the manifest\n")
-    if holder:
-        w(
-            f"running: pid {holder.get('pid')} on {holder.get('host')}, {rate:.1f}/s over the last minute"
-            + (f", ETA {duration(eta_s)}\n" if eta_s is not None else "\n")
-        )
     else:
-        w("not running\n")
-    if errors:
-        w("recent errors: " + ", ".join(f"{c} x{n}" for c, n in errors) + "\n")
+        out.stdout.write(status_text(doc))
     return EXIT["ok"]
 
 
 def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     _, state = _open_state(args, env)
     try:
-        rows = state.rows((args.only,) if args.only else None)
+        rows = (report_row(row) for row in state.rows((args.only,) if args.only else None))
         if args.format == "csv":
             writer = csv.writer(out.stdout, lineterminator="\n")
             writer.writerow(REPORT_FIELDS)
-        for row in rows:
-            values = {
-                "job": row.job,
-                "key": row.key,
-                "id_kind": row.id_kind,
-                "video": row.video,
-                "status": row.status,
-                "job_id": row.job_id,
-                "request_id": row.request_id,
-                "error_code": row.error_code,
-                "error_message": row.error_message,
-                "attempts": row.attempts,
-                "submitted_at": _iso(row.submitted_at),
-            }
-            if args.format == "csv":
+            for values in rows:
                 writer.writerow(["" if values[f] is None else values[f] for f in REPORT_FIELDS])
-            else:
+        else:
+            for values in rows:
                 out.stdout.write(json.dumps(values, ensure_ascii=False) + "\n")
     finally:
         state.close()
     return EXIT["ok"]
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

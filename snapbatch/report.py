@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from snapbatch.expand import Survey
 from snapbatch.models import Manifest, Request
+from snapbatch.runner import RunResult
+from snapbatch.state import Row
 
-__all__ = ["duration", "plan_jsonl", "plan_line", "plan_summary"]
+__all__ = [
+    "REPORT_FIELDS",
+    "duration",
+    "plan_jsonl",
+    "plan_line",
+    "plan_summary",
+    "progress_line",
+    "report_row",
+    "run_summary",
+    "status_document",
+    "status_text",
+    "summary_line",
+]
+
+REPORT_FIELDS = (
+    "job",
+    "key",
+    "id_kind",
+    "video",
+    "status",
+    "job_id",
+    "request_id",
+    "error_code",
+    "error_message",
+    "attempts",
+    "submitted_at",
+)
+_STATUSES = ("pending", "sending", "submitted", "failed", "in_doubt")
 
 
 def duration(seconds: float) -> str:
@@ -54,3 +85,99 @@ def plan_jsonl(requests: Iterable[Request]) -> Iterable[str]:
             json.dumps({"job": r.job, "key": r.key, "params": r.params}, ensure_ascii=False, separators=(",", ":"))
             + "\n"
         )
+
+
+def progress_line(
+    counts: Mapping[str, int], events: Mapping[str, int], elapsed_s: float, resend_in_doubt: bool, *, ingesting: bool
+) -> str:
+    """done/total, rate, ETA, throttled, failures."""
+    rate = events["submitted"] / elapsed_s if elapsed_s > 0 else 0.0
+    total = sum(counts[k] for k in _STATUSES)
+    left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if resend_in_doubt else 0)
+    eta = duration(left / rate) if rate else "?"
+    return (
+        f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {events['throttled']}, "
+        f"failed {events['failed']}" + (" (still reading the manifest)" if ingesting else "")
+    )
+
+
+def run_summary(batch: str, after: Mapping[str, int], result: RunResult) -> dict[str, Any]:
+    """The --json document of a run."""
+    return {
+        "batch": batch,
+        "total": sum(after[s] for s in _STATUSES),
+        "submitted": result.submitted,
+        "skipped": after["submitted"] - result.submitted,
+        "failed": after["failed"],
+        "in_doubt": after["in_doubt"],
+        "pending": after["pending"],
+        "throttled": result.throttled,
+        "retries": result.retries,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "rate_per_s": round(result.submitted / result.elapsed_s, 3) if result.elapsed_s > 0 else 0.0,
+        "stopped": result.stop_reason,
+    }
+
+
+def summary_line(s: Mapping[str, Any]) -> str:
+    return (
+        f"{s['submitted']} submitted now, {s['skipped']} earlier, {s['failed']} failed, {s['in_doubt']} in doubt, "
+        f"{s['pending']} pending of {s['total']}; {s['throttled']} throttled, {s['retries']} retries, "
+        f"{s['rate_per_s']}/s over {duration(s['elapsed_s'])}"
+    )
+
+
+def status_document(
+    batch: str,
+    counts: Mapping[str, int],
+    holder: Mapping[str, Any] | None,
+    rate_per_s: float,
+    errors: list[tuple[str, int]],
+) -> dict[str, Any]:
+    """`status --json`: counts, who runs it, rate over the last minute, ETA, recent errors."""
+    left = counts["pending"] + counts["in_doubt"] + counts["sending"]
+    return {
+        "batch": batch,
+        "counts": dict(counts),
+        "running": dict(holder) if holder else None,
+        "rate_per_s": round(rate_per_s, 2),
+        "eta_s": round(left / rate_per_s) if rate_per_s and holder else None,
+        "recent_errors": [{"code": c, "count": n} for c, n in errors],
+    }
+
+
+def status_text(doc: Mapping[str, Any]) -> str:
+    counts, holder = doc["counts"], doc["running"]
+    lines = [f"batch {doc['batch']}"]
+    lines += [f"  {name:<10} {counts[name]:>10}" for name in ("submitted", "pending", "sending", "in_doubt", "failed")]
+    if counts["not_in_manifest"]:
+        lines.append(f"  {counts['not_in_manifest']} recorded requests are no longer in the manifest")
+    if holder:
+        eta = f", ETA {duration(doc['eta_s'])}" if doc["eta_s"] is not None else ""
+        lines.append(
+            f"running: pid {holder.get('pid')} on {holder.get('host')}, {doc['rate_per_s']:.1f}/s over the "
+            f"last minute{eta}"
+        )
+    else:
+        lines.append("not running")
+    if doc["recent_errors"]:
+        lines.append("recent errors: " + ", ".join(f"{e['code']} x{e['count']}" for e in doc["recent_errors"]))
+    return "\n".join(lines) + "\n"
+
+
+def report_row(row: Row) -> dict[str, Any]:
+    """One request of `report`, keyed by REPORT_FIELDS."""
+    submitted = None if row.submitted_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.submitted_at))
+    return {
+        "job": row.job,
+        "key": row.key,
+        "id_kind": row.id_kind,
+        "video": row.video,
+        "status": row.status,
+        "job_id": row.job_id,
+        "request_id": row.request_id,
+        "error_code": row.error_code,
+        "error_message": row.error_message,
+        "attempts": row.attempts,
+        "submitted_at": submitted,
+    }
