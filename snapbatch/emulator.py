@@ -14,6 +14,7 @@ import hmac
 import json
 import random
 import re
+import ssl
 import time
 import uuid
 from collections import deque
@@ -27,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.tls import TLSListener
 
 from snapbatch.signing import EMPTY_SHA256, parse_authorization, sign_v1, sign_v3, v1_string_to_sign, v3_string_to_sign
 
@@ -408,15 +410,20 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled; reports the bound port through ``task_status``."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        """Serve until cancelled (HTTPS with ``ssl_context``); reports the bound port through ``task_status``."""
+        tcp = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        bound = tcp.extra(anyio.abc.SocketAttribute.local_port)
+        listener: anyio.abc.Listener[Any] = tcp
+        if ssl_context is not None:
+            listener = TLSListener(tcp, ssl_context, standard_compatible=False)
         async with listener:
-            task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
+            task_status.started(bound)
             await listener.serve(self._connection)
 
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+    async def _connection(self, stream: anyio.abc.ByteStream) -> None:
         buffered = BufferedByteReceiveStream(stream)
         async with stream:
             while True:
@@ -496,7 +503,7 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]] | None:
     return method, target, headers
 
 
-async def _send_plain(stream: anyio.abc.SocketStream, status: int, text: str) -> None:
+async def _send_plain(stream: anyio.abc.ByteStream, status: int, text: str) -> None:
     body = text.encode()
     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         await stream.send(

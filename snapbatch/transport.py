@@ -91,17 +91,22 @@ class LeanTransport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         try:
             with anyio.fail_after(timeout):
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
-                raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                if scheme == "https":
-                    stream = await anyio.streams.tls.TLSStream.wrap(
-                        stream, hostname=host, ssl_context=self._ssl, standard_compatible=False
+                tcp = await anyio.connect_tcp(host, port)
+                if scheme != "https":
+                    return _Connection(tcp, tcp.extra(anyio.abc.SocketAttribute.raw_socket))
+                try:
+                    tls = await anyio.streams.tls.TLSStream.wrap(
+                        tcp, hostname=host, ssl_context=self._ssl, standard_compatible=False
                     )
+                except BaseException:  # the handshake failed or was cut short: the socket must not leak
+                    with anyio.CancelScope(shield=True):
+                        await tcp.aclose()
+                    raise
+                return _Connection(tls, tcp.extra(anyio.abc.SocketAttribute.raw_socket))
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out", request=request) from None
         except (OSError, anyio.BrokenResourceError, ssl.SSLError) as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}", request=request) from None
-        return _Connection(stream, raw)
 
     async def _exchange(
         self, connection: _Connection, request: httpx.Request, timeouts: dict[str, float | None]
