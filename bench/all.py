@@ -1,4 +1,4 @@
-"""Every benchmark, one after the other, each printing its table (about 10 minutes on 2 cores).
+"""Every benchmark, one after the other, each printing its table (about 4 minutes on 2 cores).
 
     python bench/all.py
 """
