@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from snapbatch import __version__
 from snapbatch.endpoint import check_url
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
 from snapbatch.signing import Credentials, canonical_query, sign_v3, v3_headers
@@ -152,7 +153,12 @@ class VodClient:
             auth=_V3Auth(credentials, clock, nonce),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"user-agent": "snapbatch", "accept": "application/json"},
+            # identity: answers are a few hundred bytes, and the lean transport passes bodies through as sent
+            headers={
+                "user-agent": f"snapbatch/{__version__}",
+                "accept": "application/json",
+                "accept-encoding": "identity",
+            },
             transport=transport or (LeanTransport(max_connections=max_connections) if lean else None),
         )
 

@@ -115,3 +115,14 @@ def test_both_transports_classify_the_same(lean: bool) -> None:
         assert len(emu.emulator.jobs) == 2
     closed = anyio.run(go, "http://127.0.0.1:9")  # the discard port: nothing listens
     assert closed == [TRANSIENT, TRANSIENT]
+
+
+def test_compressed_answers_are_decoded() -> None:
+    """snapbatch asks for identity, but a gzip answer from a gateway that ignores that still decodes."""
+    import gzip
+
+    body = gzip.compress(b'{"RequestId":"r"}')
+    results, _ = _run(
+        lambda n: b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), 1
+    )
+    assert [r.json() for r in results if isinstance(r, httpx.Response)] == [{"RequestId": "r"}]
