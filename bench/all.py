@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, each printing its table (about 4 minutes on 2 cores).
 
-    python bench/all.py
+python bench/all.py
 """
 
 from __future__ import annotations
