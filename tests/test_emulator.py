@@ -148,3 +148,28 @@ def test_emulator_command_serves_and_logs(tmp_path: Path) -> None:
     (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert entry["outcome"] == "accepted" and entry["params"] == {"VideoId": "v-1", "Count": "1"}
     assert EMULATOR_KEY_SECRET not in log.read_text()
+
+
+def test_form_body_is_signed() -> None:
+    """Parameters in a form body (what snapbatch sends) count like query parameters, and the body is under
+    the signature: the same signed request with its body changed, or its parameters moved to the query
+    string, is refused."""
+    import httpx
+
+    seen: list[dict[str, object]] = []
+    with running() as emu, httpx.Client() as http:
+        emu.emulator.observers.append(seen.append)
+        client = VodClient(emu.url, Credentials(AK_ID, AK_SECRET))
+
+        def send(body: bytes | None = None, query: bytes = b"") -> dict[str, str]:
+            signed = client.signed_request("SubmitSnapshotJob", {"VideoId": "vid-1", "Count": "3"})
+            headers = {k: v for k, v in signed.headers.items() if k != "content-length"}
+            content = signed.content if body is None else body
+            return dict(http.post(httpx.URL(emu.url + "/", query=query), content=content, headers=headers).json())
+
+        accepted = send()
+        tampered = send(body=b"Count=9&VideoId=vid-1")
+        moved = send(body=b"", query=b"Count=3&VideoId=vid-1")
+    assert "SnapshotJob" in accepted, accepted
+    assert seen[0]["params"] == {"VideoId": "vid-1", "Count": "3"}
+    assert tampered["Code"] == moved["Code"] == "SignatureDoesNotMatch", (tampered, moved)

@@ -106,3 +106,42 @@ def test_v3_matches_official(query: dict[str, str], secret: str, nonce: str) -> 
         secret=secret,
     )
     assert ours == official
+
+
+@settings(max_examples=100, deadline=None)
+@given(param_dicts, st.text(min_size=1, max_size=30), st.sampled_from([None, "sts-token/+=="]))
+def test_client_request_signed_as_official_with_form_body(
+    params: dict[str, str], secret: str, token: str | None
+) -> None:
+    """The request VodClient sends: the parameters decode back exactly from its form body, the body's hash is
+    the signed x-acs-content-sha256, and its Authorization equals the official get_authorization."""
+    from datetime import UTC, datetime
+    from hashlib import sha256
+    from urllib.parse import parse_qsl
+
+    from alibabacloud_tea_openapi.utils import Utils
+    from darabonba.request import DaraRequest
+
+    from snapbatch.client import VodClient
+
+    client = VodClient(
+        "https://vod.cn-shanghai.aliyuncs.com",
+        Credentials("AKID", secret, token),
+        clock=lambda: datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        nonce=lambda: "0123456789abcdef0123456789abcdef",
+    )
+    request = client.signed_request("SubmitSnapshotJob", params)
+    assert request.method == "POST" and str(request.url) == "https://vod.cn-shanghai.aliyuncs.com/"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert dict(parse_qsl(request.content.decode(), keep_blank_values=True, strict_parsing=True)) == params
+    payload = sha256(request.content).hexdigest()
+    assert request.headers["x-acs-content-sha256"] == payload
+    signed = request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert {"host", "x-acs-action", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256"} <= set(signed)
+    assert ("x-acs-security-token" in signed) == (token is not None)
+    official_request = DaraRequest()
+    official_request.method, official_request.pathname, official_request.query = "POST", "/", {}
+    official_request.headers = {name: request.headers[name] for name in signed}
+    assert request.headers["authorization"] == Utils.get_authorization(
+        official_request, "ACS3-HMAC-SHA256", payload, "AKID", secret
+    )
