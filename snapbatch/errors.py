@@ -61,11 +61,18 @@ class ManifestError(SnapbatchError):
     """The manifest cannot be used; ``problems`` lists every error (and the warnings found so far)."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
+        self.problems = _in_file_order(problems)
         errors = [p for p in problems if p.severity == "error"]
         first = errors[0].format() if errors else "invalid manifest"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(first + more)
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    """Sorted as a reader meets them: by file (in the order the files first appear), then line and column;
+    a problem of a whole file comes before its located ones."""
+    rank = {file: i for i, file in reversed(list(enumerate(p.file for p in problems)))}
+    return sorted(problems, key=lambda p: (rank[p.file], p.line or 0, p.col or 0))
 
 
 class UsageError(SnapbatchError):

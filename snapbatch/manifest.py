@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import jsonschema
 
@@ -104,12 +104,18 @@ def _close(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
+class _JobIds(NamedTuple):
+    name: str
+    ids: IdSource
+
+
 class _Checker:
     def __init__(self, doc: Document, path: FsPath, env: Mapping[str, str]) -> None:
         self.doc = doc
         self.path = path
         self.env = env
         self.problems: list[Problem] = []
+        self.id_sources: list[_JobIds] = []  # every job's IDs, also of jobs with other errors
 
     # -- locating -------------------------------------------------------------------------------------
 
@@ -133,8 +139,8 @@ class _Checker:
         if self.errors():
             raise ManifestError(self.problems)
         manifest = self.build(value)
-        if check_ids and not self.errors():
-            self.check_ids(manifest)
+        if check_ids:  # with the other errors, so one validate shows every problem
+            self.check_ids()
         if self.errors():
             raise ManifestError(self.problems)
         warnings = tuple(p for p in self.problems if p.severity == "warning")
@@ -339,7 +345,10 @@ class _Checker:
     ) -> Job | None:
         ok = True
         sources = [k for k in ("videos", "reference_ids") if k in job]
-        if len(sources) != 1:
+        if len(sources) == 1:
+            ids = self.id_source(job, base, sources[0])
+            self.id_sources.append(_JobIds(job["name"], ids))
+        else:
             ok = False
             if sources:
                 self.error(base, "a job takes `videos` or `reference_ids`, not both; split it into two jobs")
@@ -376,7 +385,7 @@ class _Checker:
                 params = merge(params, layer)
             if self.check_final(params, layers, base, tname):
                 variants.append(Variant(tname, to_wire(params)))
-        return Job(job["name"], self.loc(base), self.id_source(job, base, sources[0]), tuple(variants))
+        return Job(job["name"], self.loc(base), ids, tuple(variants))
 
     def check_final(
         self,
@@ -435,8 +444,8 @@ class _Checker:
         column_loc = self.loc((*path, "column")) if "column" in spec else None
         return IdSource(kind, self.loc((*path, "file")), file=file, column=spec.get("column"), column_loc=column_loc)
 
-    def check_ids(self, manifest: Manifest) -> None:
-        for job in manifest.jobs:
+    def check_ids(self) -> None:
+        for job in self.id_sources:
             count = bad = 0
             try:
                 for entry in read_ids(job.ids):

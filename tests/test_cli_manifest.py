@@ -33,6 +33,21 @@ def test_validate_reports_every_problem_of_every_file(cli: CliRunner) -> None:
     assert f"{EXAMPLE}: valid" in r.out
 
 
+def test_validate_lists_problems_in_reading_order(cli: CliRunner) -> None:
+    """Problems found by different checks (shape, references, IDs) come out sorted as a reader meets them:
+    the manifest by line and column, then each ID file."""
+    path = INVALID / "ids-beside-other-errors.yaml"
+    r = cli("validate", str(path))
+    located = [line.split(": ", 1)[0] for line in r.err.splitlines() if not line.endswith("errors)")]
+    assert located == [
+        f"{path}:7:28",
+        f"{path}:8:15",
+        f"{path}:9:11",
+        f"{INVALID}/files/bad-ids.txt:2:1",
+        f"{INVALID}/files/bad-ids.txt:5:1",
+    ], r.err
+
+
 def test_validate_json_format(cli: CliRunner) -> None:
     """--format json: one document with every problem located."""
     r = cli("validate", str(INVALID / "param-typo.yaml"), "--format", "json")
