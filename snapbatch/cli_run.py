@@ -288,11 +288,13 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
         counts = state.counts()
         holder = state.holder()
         now = time.time()
-        recent = state.submitted_since(now - 60)
+        # the rate over the last minute, or since the running batch started if that is more recent
+        window = max(1.0, min(60.0, now - float(holder.get("started", 0)))) if holder else 60.0
+        recent = state.submitted_since(now - window)
         errors = state.recent_errors(now - 3600)
     finally:
         state.close()
-    doc = status_document(manifest.batch, counts, holder, recent / 60, errors)
+    doc = status_document(manifest.batch, counts, holder, recent / window, window, errors)
     if args.json:
         print(json.dumps(doc), file=out.stdout)
     else:

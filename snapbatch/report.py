@@ -132,15 +132,17 @@ def status_document(
     counts: Mapping[str, int],
     holder: Mapping[str, Any] | None,
     rate_per_s: float,
+    rate_window_s: float,
     errors: list[tuple[str, int]],
 ) -> dict[str, Any]:
-    """`status --json`: counts, who runs it, rate over the last minute, ETA, recent errors."""
+    """`status --json`: counts, who runs it, recent rate (over ``rate_window_s``), ETA, recent errors."""
     left = counts["pending"] + counts["in_doubt"] + counts["sending"]
     return {
         "batch": batch,
         "counts": dict(counts),
         "running": dict(holder) if holder else None,
         "rate_per_s": round(rate_per_s, 2),
+        "rate_window_s": round(rate_window_s, 1),
         "eta_s": round(left / rate_per_s) if rate_per_s and holder else None,
         "recent_errors": [{"code": c, "count": n} for c, n in errors],
     }
@@ -156,7 +158,7 @@ def status_text(doc: Mapping[str, Any]) -> str:
         eta = f", ETA {duration(doc['eta_s'])}" if doc["eta_s"] is not None else ""
         lines.append(
             f"running: pid {holder.get('pid')} on {holder.get('host')}, {doc['rate_per_s']:.1f}/s over the "
-            f"last minute{eta}"
+            f"last {duration(doc['rate_window_s'])}{eta}"
         )
     else:
         lines.append("not running")

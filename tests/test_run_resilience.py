@@ -265,7 +265,8 @@ def test_unusable_state_file_exits_6(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_status_of_a_running_batch(cli: CliRunner, tmp_path: Path) -> None:
-    """While a run is going, status names its pid and shows a rate; after it, 'not running'."""
+    """While a run is going, status names its pid and shows its rate (measured since it started, not
+    diluted over a minute it has not run yet) and a matching ETA; after it, 'not running'."""
     path = _manifest(tmp_path, 400)
     with running(EmulatorConfig(qps=1000)) as emu:
         reached = _calls_reached(emu, 30)
@@ -282,7 +283,9 @@ def test_status_of_a_running_batch(cli: CliRunner, tmp_path: Path) -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    assert doc["running"]["pid"] == proc.pid and doc["rate_per_s"] > 0 and doc["eta_s"] > 0
+    assert doc["running"]["pid"] == proc.pid
+    # 400 requests at 40/s: a rate diluted over 60 s would be under 1/s with an ETA of minutes
+    assert doc["rate_per_s"] > 10 and 0 < doc["eta_s"] < 40 and doc["rate_window_s"] < 60, doc
     assert doc["counts"]["submitted"] >= 1
     assert f"running: pid {proc.pid}" in text and "ETA" in text
     assert "not running" in cli("status", str(path)).out
