@@ -38,7 +38,7 @@ _FATAL_PREFIXES = (
 )
 _FATAL_HINTS = {
     "SignatureDoesNotMatch": "check the AccessKey secret",
-    "InvalidAccessKeyId": "check the AccessKeyId (is it deleted or disabled?)",
+    "InvalidAccessKeyId": "check the AccessKeyId: is it deleted or disabled?",
     "InvalidSecurityToken": "the STS token is wrong or expired; get a fresh one",
     "Forbidden": "the RAM user lacks permission vod:SubmitSnapshotJob",
     "OperationDenied": "the account cannot use VOD (suspended or overdue?)",
@@ -71,7 +71,8 @@ def classify(status: int, body: bytes, doc: dict[str, Any] | None = None) -> Out
     if 200 <= status < 300 and isinstance(job, dict) and job.get("JobId"):
         return Outcome(ACCEPTED, job_id=str(job["JobId"]), request_id=request_id, http_status=status)
     code = str(doc.get("Code") or "")
-    message = str(doc.get("Message") or "")
+    # one line, for logs and reports: SignatureDoesNotMatch's message carries a multi-line string to sign
+    message = str(doc.get("Message") or "").replace("\r", "\\r").replace("\n", "\\n")
     if 200 <= status < 300 and not code:
         return Outcome(IN_DOUBT, request_id=request_id, message="HTTP 200 without a JobId", http_status=status)
     if code.startswith("Throttling"):

@@ -133,6 +133,7 @@ def test_bad_credentials_are_fatal(creds: Credentials, code: str) -> None:
         assert not emu.emulator.jobs
     assert (outcome.kind, outcome.code) == (FATAL, code)
     assert "check the AccessKey" in (outcome.message or "")
+    assert "\n" not in (outcome.message or ""), "messages go into log lines: one line each"
 
 
 def test_no_permission_is_fatal() -> None:
