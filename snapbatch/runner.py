@@ -42,7 +42,7 @@ class RunOptions:
     max_requests: int | None = None
     max_duration_s: float | None = None
     max_attempts: int = 8
-    retry_budget: int | None = None  # None: max(100, 10% of the work)
+    retry_budget: int | None = None  # None: max(100, a tenth of the work; see _Run.retries_allowed)
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     drain_s: float = 5.0  # on interrupt, how long calls in flight may still finish
@@ -122,7 +122,7 @@ class _Run:
         self.in_flight = 0
         self.proven = False
         self.retries: list[tuple[float, int, Row]] = []
-        self.retry_budget = options.retry_budget
+        self.initial_work = 0  # requests the state held for this run when it started
         self.stop_reason: str | None = None
         self.wakeup = anyio.Event()
         self.page: list[Row] = []
@@ -241,15 +241,21 @@ class _Run:
         if outcome.kind in (THROTTLED, TRANSIENT, IN_DOUBT) and self.stop_reason is None:
             self.retry(row, outcome, status)
 
+    def retries_allowed(self) -> int:
+        """The run's retry budget: a tenth of its work, at least 100. The work is what the state held at the
+        start or, when an ingest was still filling the state then (a fresh big batch), what the run has
+        started since, so the budget grows with the batch instead of staying at 100."""
+        if self.options.retry_budget is not None:
+            return self.options.retry_budget
+        return max(100, max(self.initial_work, self.result.started) // 10)
+
     def retry(self, row: Row, outcome: Outcome, status: str) -> None:
         attempts = row.attempts + 1
         if attempts >= self.options.max_attempts:
             return  # stays pending / in_doubt for the next run
-        if self.retry_budget is not None:
-            if self.retry_budget <= 0:
-                self.stop("retry-budget")
-                return
-            self.retry_budget -= 1
+        if self.result.retries >= self.retries_allowed():
+            self.stop("retry-budget")
+            return
         self.result.retries += 1
         delay = self.rng.uniform(0, min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**attempts))
         again = Row(
@@ -288,9 +294,7 @@ async def run_batch(
     ``more_coming()``). Set ``stop`` to finish early (Ctrl-C): no new calls start, calls in flight get
     ``drain_s`` to finish, and anything still unanswered is left 'sending' for State.recover()."""
     run = _Run(state, sender, limiter, options, on_event, clock, rng or random.Random(), more_coming)
-    if run.retry_budget is None:
-        work = sum(state.counts()[s] for s in run.statuses)
-        run.retry_budget = max(100, work // 10)
+    run.initial_work = sum(state.counts()[s] for s in run.statuses)
     started = clock()
     async with anyio.create_task_group() as outer:
         outer.start_soon(run.writer.run)

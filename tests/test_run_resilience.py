@@ -133,6 +133,37 @@ def test_retry_budget_bounds_the_calls() -> None:
     assert calls <= 10 + 20
 
 
+def test_retry_budget_grows_with_a_batch_still_being_ingested(tmp_path: Path) -> None:
+    """A fresh batch starts sending while its manifest is still going into the state: the retry budget
+    follows the work started, so 5% transient errors over 3,000 requests (about 160 retries) finish the
+    run instead of spending a budget sized for the empty state at the start (100)."""
+    manifest = load_manifest(_manifest(tmp_path, 3000), {})
+    state = State(tmp_path / "s.sqlite3")
+    ingested = threading.Event()
+
+    async def go(url: str) -> tuple[str | None, int, int]:
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET)) as client, anyio.create_task_group() as tg:
+            options = RunOptions(backoff_base_s=0.001, backoff_cap_s=0.01)
+
+            async def ingest() -> None:
+                await anyio.to_thread.run_sync(state.ingest, expand(manifest), fingerprint(manifest), manifest.batch)
+                ingested.set()
+
+            tg.start_soon(ingest)
+            result = await run_batch(
+                state, client, Limiter(RateWindow(5000)), options, more_coming=lambda: not ingested.is_set()
+            )
+            return result.stop_reason, result.retries, result.submitted
+
+    try:
+        with running(EmulatorConfig(qps=100_000, faults={"InternalError": 0.05})) as emu:
+            reason, retries, submitted = anyio.run(go, emu.url)
+    finally:
+        state.close()
+    assert (reason, submitted) == (None, 3000), (reason, retries, submitted)
+    assert retries > 100  # more than a budget fixed at the start would have allowed
+
+
 class _state_for:
     def __init__(self, emu: Any, n: int) -> None:
         import tempfile
