@@ -42,7 +42,7 @@ class RunOptions:
     max_requests: int | None = None
     max_duration_s: float | None = None
     max_attempts: int = 8
-    retry_budget: int | None = None  # None: max(100, a tenth of the work; see _Run.retries_allowed)
+    retry_budget: int | None = None  # a fixed number of retries; None: see _Run.retries_allowed
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     drain_s: float = 5.0  # on interrupt, how long calls in flight may still finish
@@ -242,12 +242,15 @@ class _Run:
             self.retry(row, outcome, status)
 
     def retries_allowed(self) -> int:
-        """The run's retry budget: a tenth of its work, at least 100. The work is what the state held at the
-        start or, when an ingest was still filling the state then (a fresh big batch), what the run has
-        started since, so the budget grows with the batch instead of staying at 100."""
+        """The run's retry budget: a tenth of its work (at least 100), plus one retry for every request
+        answered for good (submitted, or failed for itself). So a service that fails fewer than about half
+        of the calls slows the run without stopping it, while an outage, which answers nothing, spends the
+        budget and ends the run. The work is what the state held at the start or, when an ingest was still
+        filling the state then (a fresh big batch), what the run has started since."""
         if self.options.retry_budget is not None:
             return self.options.retry_budget
-        return max(100, max(self.initial_work, self.result.started) // 10)
+        base = max(100, max(self.initial_work, self.result.started) // 10)
+        return base + self.result.submitted + self.result.failed
 
     def retry(self, row: Row, outcome: Outcome, status: str) -> None:
         attempts = row.attempts + 1
