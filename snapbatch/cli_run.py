@@ -166,6 +166,11 @@ def _run(
         out.log(
             f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}; the state is saved, run again to continue"
         )
+    if result.gave_up:
+        out.log(
+            f"{result.gave_up} requests got no definite answer in {options.max_attempts} attempts; they stay "
+            "pending or in doubt, with their last error in `snapbatch report`; run again to retry them"
+        )
     out.log(summary_line(summary))
     if args.json:
         print(json.dumps(summary), file=out.stdout)
@@ -196,7 +201,8 @@ async def _run_async(
     limiter = Limiter(RateWindow(qps))
     tty = out.stderr.isatty()
     ingested = anyio.Event()
-    events = {"submitted": 0, "throttled": 0, "failed": 0}
+    events = {"submitted": 0, "throttled": 0, "failed": 0, "errors": 0}
+    last_error: list[str] = []  # the latest 5xx or lost answer's code, for the progress line
     started = time.monotonic()
 
     abandon = threading.Event()
@@ -216,6 +222,9 @@ async def _run_async(
             events["submitted"] += 1
         elif data["kind"] in ("throttled", "failed"):
             events[data["kind"]] += 1
+        elif data["kind"] in ("transient", "in_doubt"):
+            events["errors"] += 1
+            last_error[:] = [data["code"] or ("no answer" if data["kind"] == "in_doubt" else "no connection")]
 
     async def progress() -> None:
         every = progress_every or (1.0 if tty else 10.0)
@@ -228,6 +237,7 @@ async def _run_async(
                 time.monotonic() - started,
                 options.in_doubt == "resend",
                 ingesting=not ingested.is_set(),
+                last_error=last_error[0] if last_error else None,
             )
             if tty:
                 print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)

@@ -88,16 +88,24 @@ def plan_jsonl(requests: Iterable[Request]) -> Iterable[str]:
 
 
 def progress_line(
-    counts: Mapping[str, int], events: Mapping[str, int], elapsed_s: float, resend_in_doubt: bool, *, ingesting: bool
+    counts: Mapping[str, int],
+    events: Mapping[str, int],
+    elapsed_s: float,
+    resend_in_doubt: bool,
+    *,
+    ingesting: bool,
+    last_error: str | None = None,
 ) -> str:
-    """done/total, rate, ETA, throttled, failures."""
+    """done/total, rate, ETA, throttled, failures, and errors being retried (with the latest one's code)."""
     rate = events["submitted"] / elapsed_s if elapsed_s > 0 else 0.0
     total = sum(counts[k] for k in _STATUSES)
     left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if resend_in_doubt else 0)
     eta = duration(left / rate) if rate else "?"
     return (
         f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {events['throttled']}, "
-        f"failed {events['failed']}" + (" (still reading the manifest)" if ingesting else "")
+        f"failed {events['failed']}"
+        + (f", errors retried {events['errors']} (latest {last_error})" if events.get("errors") else "")
+        + (" (still reading the manifest)" if ingesting else "")
     )
 
 

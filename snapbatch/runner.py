@@ -57,6 +57,7 @@ class RunResult:
     retries: int = 0
     started: int = 0  # requests started for the first time in this run
     calls: int = 0  # calls made, retries included
+    gave_up: int = 0  # requests left pending or in doubt after options.max_attempts attempts
     # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "interrupted"
     stop_reason: str | None = None
     fatal: Outcome | None = None
@@ -255,7 +256,8 @@ class _Run:
     def retry(self, row: Row, outcome: Outcome, status: str) -> None:
         attempts = row.attempts + 1
         if attempts >= self.options.max_attempts:
-            return  # stays pending / in_doubt for the next run
+            self.result.gave_up += 1  # stays pending / in_doubt for the next run
+            return
         if self.result.retries >= self.retries_allowed():
             self.stop("retry-budget")
             return

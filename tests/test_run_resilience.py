@@ -165,6 +165,23 @@ def test_retry_budget_lets_a_flaky_service_finish_a_batch_still_being_ingested(t
     assert retries > 2000 // 10  # more than a tenth of the work: only the refills made that possible
 
 
+def test_requests_left_after_the_attempt_cap_are_counted_and_kept() -> None:
+    """A request that gets no definite answer in max_attempts calls stays pending with its attempts and
+    last error recorded, and the run says how many it gave up on (the next run tries them again)."""
+
+    async def go(url: str, state: State) -> tuple[str | None, int, int]:
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET)) as client:
+            options = RunOptions(max_attempts=3, backoff_base_s=0.001, backoff_cap_s=0.01, outage_after=10_000)
+            result = await run_batch(state, client, Limiter(RateWindow(1000)), options)
+            return result.stop_reason, result.gave_up, result.calls
+
+    with running(EmulatorConfig(qps=10_000, faults={"InternalError": 1.0})) as emu, _state_for(emu, 4) as state:
+        reason, gave_up, calls = anyio.run(go, emu.url, state)
+        rows = state.pending(("pending",), 0, 10)
+    assert (reason, gave_up, calls) == (None, 4, 12)
+    assert [(r.attempts, r.error_code) for r in rows] == [(3, "InternalError")] * 4
+
+
 class _state_for:
     def __init__(self, emu: Any, n: int) -> None:
         import tempfile
@@ -265,11 +282,13 @@ def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path) -> Non
 
 
 def test_progress_lines_without_a_terminal(cli: CliRunner, tmp_path: Path) -> None:
-    """Without a terminal, plain progress log lines on stderr at the chosen interval."""
-    with running() as emu:
+    """Without a terminal, plain progress log lines on stderr at the chosen interval; errors being retried
+    show with the latest one's code, so a stuck night run says why."""
+    with running(EmulatorConfig(faults={"InternalError": 0.3})) as emu:
         r = cli("run", str(_manifest(tmp_path, 45)), "--endpoint", emu.url, "--progress-every", "0.3", env=ENV)
     lines = [line for line in r.err.splitlines() if re.search(r"\d+/45 submitted, [\d.]+/s, ETA", line)]
-    assert r.code == 0 and len(lines) >= 3
+    assert r.code == 0 and len(lines) >= 3, r.err
+    assert any(re.search(r"errors retried \d+ \(latest InternalError\)", line) for line in lines), r.err
 
 
 def test_concurrency_caps_calls_in_flight(cli: CliRunner, tmp_path: Path) -> None:
