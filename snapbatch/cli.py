@@ -39,7 +39,8 @@ commands:
 
 exit codes: 0 all submitted, 1 some failed, 2 manifest or usage error (nothing sent), 3 state locked by
 another run, 4 stopped by an account/credential error, 5 stopped with work left (--max-requests,
---max-duration, retry budget), 6 state file unusable, 130 interrupted (resumable)
+--max-duration, retry budget, outage, endpoint unreachable), 6 state file unusable, 130 interrupted
+(resumable)
 
 example:
   snapbatch validate jobs.example.yaml && snapbatch run jobs.example.yaml --emulator

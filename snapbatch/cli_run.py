@@ -52,6 +52,8 @@ _STOPS = {
     "max-duration": "--max-duration reached",
     "retry-budget": "the run's retry budget is spent (the service keeps failing or throttling)",
     "outage": "the service looks down (many answers in a row were 5xx or lost)",
+    "unreachable": "the endpoint never answered (the first calls could not connect or got no answer): check the "
+    "endpoint URL, the network and any proxy or TLS interception",
     "interrupted": "interrupted",
 }
 
@@ -163,8 +165,13 @@ def _run(
     if result.fatal is not None:
         out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
     elif result.stop_reason:
+        last = result.last_error
+        detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})" if last is not None else ""
+        if result.stop_reason in ("max-requests", "max-duration", "interrupted"):
+            detail = ""
         out.log(
-            f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}; the state is saved, run again to continue"
+            f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}{detail}; the state is saved, run again "
+            "to continue"
         )
     if result.gave_up:
         out.log(

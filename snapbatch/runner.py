@@ -47,6 +47,9 @@ class RunOptions:
     backoff_cap_s: float = 30.0
     drain_s: float = 5.0  # on interrupt, how long calls in flight may still finish
     outage_after: int = 50  # this many answers in a row that are transient or lost: the service is down, stop
+    # before the endpoint has answered anything at all, this many connection failures or lost answers in a
+    # row stop the run: a wrong endpoint, a firewall or TLS interception, not a blip, so say so quickly
+    unreachable_after: int = 5
 
 
 @dataclass
@@ -58,9 +61,10 @@ class RunResult:
     started: int = 0  # requests started for the first time in this run
     calls: int = 0  # calls made, retries included
     gave_up: int = 0  # requests left pending or in doubt after options.max_attempts attempts
-    # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "interrupted"
+    # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "unreachable", "interrupted"
     stop_reason: str | None = None
     fatal: Outcome | None = None
+    last_error: Outcome | None = None  # the latest throttled, transient or lost answer
     elapsed_s: float = 0.0
     codes: dict[str, int] = field(default_factory=dict)
 
@@ -122,6 +126,7 @@ class _Run:
         self.result = RunResult()
         self.in_flight = 0
         self.proven = False
+        self.reached = False  # some HTTP answer came back
         self.retries: list[tuple[float, int, Row]] = []
         self.initial_work = 0  # requests the state held for this run when it started
         self.stop_reason: str | None = None
@@ -215,13 +220,19 @@ class _Run:
         r = self.result
         if outcome.code:
             r.codes[outcome.code] = r.codes.get(outcome.code, 0) + 1
+        if outcome.http_status is not None:
+            self.reached = True
         if outcome.kind in (ACCEPTED, FAILED, THROTTLED):
             self.proven = True
             self.errors_in_a_row = 0
         elif outcome.kind in (TRANSIENT, IN_DOUBT):
             self.errors_in_a_row += 1
-            if self.errors_in_a_row >= self.options.outage_after:
+            if not self.reached and self.errors_in_a_row >= self.options.unreachable_after:
+                self.stop("unreachable")
+            elif self.errors_in_a_row >= self.options.outage_after:
                 self.stop("outage")
+        if outcome.retryable:
+            r.last_error = outcome
         if outcome.kind == ACCEPTED:
             r.submitted += 1
             status = "submitted"

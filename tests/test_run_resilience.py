@@ -107,15 +107,32 @@ def test_sigterm_stops_cleanly_with_130(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_outage_ends_the_run_cleanly(cli: CliRunner, tmp_path: Path) -> None:
-    """Every answer a 5xx: the run stops after a bounded number of calls with exit 5, resumable."""
+    """Every answer a 5xx: the run stops after a bounded number of calls with exit 5, resumable, and says
+    what the last error was."""
     path = _manifest(tmp_path, 500)
     with running(EmulatorConfig(qps=1000, faults={"ServiceUnavailable": 1.0})) as emu:
         r = cli("run", str(path), "--endpoint", emu.url, "--qps", "500", "--json", env=ENV)
         calls = len(emu.emulator.calls)
     assert r.code == 5, r.err
-    assert "the service looks down" in r.err
+    assert "the service looks down" in r.err and "(last error: ServiceUnavailable: Injected fault" in r.err, r.err
     assert calls < 120
     assert json.loads(r.out)["pending"] == 500
+
+
+def test_unreachable_endpoint_stops_after_a_few_tries_saying_why(cli: CliRunner, tmp_path: Path) -> None:
+    """Nothing listening at the endpoint: the run gives up after a handful of calls, not after the 50 in a
+    row that mean an outage of a service that did answer, and the log says what the connection error was."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free again once closed: nothing listens there
+    r = cli("run", str(_manifest(tmp_path, 40)), "--endpoint", f"http://127.0.0.1:{port}", "--json", env=ENV)
+    summary = json.loads(r.out)
+    assert r.code == 5, r.err
+    assert "the endpoint never answered" in r.err and f"cannot connect to 127.0.0.1:{port}" in r.err, r.err
+    assert summary["pending"] == 40 and summary["stopped"] == "unreachable"
+    assert summary["retries"] < 5  # five calls in all, the first retries among them
 
 
 def test_retry_budget_bounds_the_calls() -> None:
