@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ class Running:
 
 
 @contextmanager
-def running(config: EmulatorConfig | None = None) -> Iterator[Running]:
+def running(config: EmulatorConfig | None = None, *, wall: Callable[[], float] = time.time) -> Iterator[Running]:
+    """The emulator serving on a free loopback port; ``wall`` is its clock for timestamps and job times."""
     config = config or EmulatorConfig()
     if not config.credentials:
         config.credentials = {AK_ID: (AK_SECRET, None)}
-    emulator = Emulator(config)
+    emulator = Emulator(config, wall=wall)
     with start_blocking_portal() as portal:
         future, port = portal.start_task(emulator.serve)
         try:

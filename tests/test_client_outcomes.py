@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,18 +197,22 @@ def test_classify_bodies_that_are_not_vod_json(status: int, body: bytes, kind: s
 
 
 def test_job_detail_processing_then_success() -> None:
-    """GetJobDetail answers for the emulator's jobs: Processing, then Success after job_seconds."""
+    """GetJobDetail answers for the emulator's jobs: Processing, then Success once job_seconds have passed
+    on the emulator's clock."""
+    now = [time.time()]
 
-    async def go(url: str, wait_s: float) -> list[str | None]:
+    async def go(url: str) -> list[str | None]:
         async with VodClient(url, GOOD) as client:
             outcome = await client.submit(PARAMS)
             assert outcome.job_id
             first = await client.job_status(outcome.job_id)
-            await anyio.sleep(wait_s)
-            return [first, await client.job_status(outcome.job_id), await client.job_status("nope")]
+            now[0] += 59.9
+            almost = await client.job_status(outcome.job_id)
+            now[0] += 0.1
+            return [first, almost, await client.job_status(outcome.job_id), await client.job_status("nope")]
 
-    with running(EmulatorConfig(job_seconds=0.2)) as emu:
-        assert anyio.run(go, emu.url, 0.3) == ["Processing", "Success", None]
+    with running(EmulatorConfig(job_seconds=60), wall=lambda: now[0]) as emu:
+        assert anyio.run(go, emu.url) == ["Processing", "Processing", "Success", None]
 
 
 def test_no_secret_in_log_outcomes_or_messages(tmp_path: Path) -> None:
