@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANS
 from snapbatch.signing import Credentials, canonical_query, sign_v3, v3_headers
 from snapbatch.transport import LeanTransport
 
-__all__ = ["API_VERSION", "VodClient", "classify", "parse_body"]
+__all__ = ["API_VERSION", "V3Auth", "VodClient", "classify", "parse_body"]
 
 API_VERSION = "2017-03-21"
 _TRANSIENT_CODES = {"ServiceUnavailable", "ServiceUnAvailable", "InternalError", "SignatureNonceUsed", "ServiceTimeout"}
@@ -115,13 +115,44 @@ class _CookielessClient(httpx.AsyncClient):
         pass
 
 
+class V3Auth(httpx.Auth):
+    """Signs each request as it goes out (V3, ACS3-HMAC-SHA256) with a fresh nonce and timestamp, so no
+    attempt is ever a replay. The request carries its action in x-acs-action and its parameters as a
+    form body; the host, the x-acs-* headers and the body (through x-acs-content-sha256) are signed."""
+
+    def __init__(self, credentials: Credentials, clock: Callable[[], datetime], nonce: Callable[[], str]) -> None:
+        self.credentials, self.clock, self.nonce = credentials, clock, nonce
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        headers = v3_headers(
+            host=request.headers["host"],
+            action=request.headers["x-acs-action"],
+            version=request.headers["x-acs-version"],
+            now=self.clock(),
+            nonce=self.nonce(),
+            body=request.content,
+            token=self.credentials.security_token,
+        )
+        headers["authorization"] = sign_v3(
+            method=request.method,
+            path=request.url.path,
+            query=dict(request.url.params.multi_items()) if request.url.query else {},
+            headers=headers,
+            payload_sha256=headers["x-acs-content-sha256"],
+            access_key_id=self.credentials.access_key_id,
+            secret=self.credentials.access_key_secret,
+        )
+        del headers["host"], headers["x-acs-action"], headers["x-acs-version"]  # already on the request
+        request.headers.update(headers)
+        yield request
+
+
 class VodClient:
     """Calls VOD at ``endpoint``. Use as an async context manager. ``lean=False`` uses httpx's own transport
     (which honours HTTP(S)_PROXY), else snapbatch's LeanTransport.
 
-    Every attempt is signed anew (V3, ACS3-HMAC-SHA256) with a fresh nonce and timestamp, so a retry is never
-    a replay. The API parameters travel as a form body, which VOD accepts for RPC calls exactly like a query
-    string; the body is covered by the signature through x-acs-content-sha256."""
+    The API parameters travel as a form body, which VOD accepts for RPC calls exactly like a query string
+    (and which spares httpx re-validating a long signed URL on every call); V3Auth signs every attempt."""
 
     def __init__(
         self,
@@ -137,10 +168,10 @@ class VodClient:
     ) -> None:
         check_url(endpoint)
         self.endpoint = endpoint.rstrip("/")
-        self.credentials, self.clock, self.nonce = credentials, clock, nonce
         self._url = httpx.URL(f"{self.endpoint}/")
-        self._host = self._url.netloc.decode("ascii")  # what httpx would send as Host, and what is signed
+        self._auth = V3Auth(credentials, clock, nonce)
         self._fixed_headers = [
+            ("x-acs-version", API_VERSION),
             ("user-agent", f"snapbatch/{__version__}"),
             ("accept", "application/json"),
             # identity: answers are a few hundred bytes, and the lean transport passes bodies through as sent
@@ -148,38 +179,21 @@ class VodClient:
             ("content-type", "application/x-www-form-urlencoded"),
         ]
         self._http = _CookielessClient(
+            auth=self._auth,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport or (LeanTransport(max_connections=max_connections) if lean else None),
         )
 
-    def signed_request(self, action: str, params: Mapping[str, str]) -> httpx.Request:
-        """The request one attempt of ``action`` sends: the parameters as a form body, signed with V3."""
+    def request(self, action: str, params: Mapping[str, str]) -> httpx.Request:
+        """The unsigned request for one attempt of ``action``: the parameters as a form body."""
         body = canonical_query(params).encode()  # the same percent-encoding a form body takes
-        headers = v3_headers(
-            host=self._host,
-            action=action,
-            version=API_VERSION,
-            now=self.clock(),
-            nonce=self.nonce(),
-            body=body,
-            token=self.credentials.security_token,
-        )
-        authorization = sign_v3(
-            method="POST",
-            path=self._url.path,
-            query={},
-            headers=headers,
-            payload_sha256=headers["x-acs-content-sha256"],
-            access_key_id=self.credentials.access_key_id,
-            secret=self.credentials.access_key_secret,
-        )
-        return httpx.Request(
-            "POST",
-            self._url,
-            headers=[*headers.items(), ("authorization", authorization), *self._fixed_headers],
-            content=body,
-        )
+        headers = [("x-acs-action", action), *self._fixed_headers]
+        return httpx.Request("POST", self._url, headers=headers, content=body)
+
+    def signed_request(self, action: str, params: Mapping[str, str]) -> httpx.Request:
+        """The request exactly as one attempt sends it, signed."""
+        return next(self._auth.auth_flow(self.request(action, params)))
 
     async def __aenter__(self) -> VodClient:
         return self
@@ -193,7 +207,7 @@ class VodClient:
     async def call(self, action: str, params: Mapping[str, str]) -> tuple[Outcome, dict[str, Any] | None]:
         """One attempt; the Outcome and, when the answer was JSON, the parsed body."""
         try:
-            response = await self._http.send(self.signed_request(action, params))
+            response = await self._http.send(self.request(action, params))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(TRANSIENT, code=None, message=f"{type(exc).__name__}: {exc}"), None
         except httpx.TransportError as exc:  # sent, or partly sent, and no answer: a job may exist
