@@ -166,9 +166,9 @@ def _run(
         out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
     elif result.stop_reason:
         last = result.last_error
-        detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})" if last is not None else ""
-        if result.stop_reason in ("max-requests", "max-duration", "interrupted"):
-            detail = ""
+        detail = ""
+        if last is not None and result.stop_reason in ("outage", "unreachable", "retry-budget"):
+            detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
         out.log(
             f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}{detail}; the state is saved, run again "
             "to continue"

@@ -62,7 +62,7 @@ class ManifestError(SnapbatchError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = _in_file_order(problems)
-        errors = [p for p in problems if p.severity == "error"]
+        errors = [p for p in self.problems if p.severity == "error"]
         first = errors[0].format() if errors else "invalid manifest"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(first + more)

@@ -96,7 +96,7 @@ def progress_line(
     ingesting: bool,
     last_error: str | None = None,
 ) -> str:
-    """done/total, rate, ETA, throttled, failures, and errors being retried (with the latest one's code)."""
+    """done/total, rate, ETA, throttled, failures, and 5xx or lost answers (with the latest one's code)."""
     rate = events["submitted"] / elapsed_s if elapsed_s > 0 else 0.0
     total = sum(counts[k] for k in _STATUSES)
     left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if resend_in_doubt else 0)
@@ -104,7 +104,7 @@ def progress_line(
     return (
         f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {events['throttled']}, "
         f"failed {events['failed']}"
-        + (f", errors retried {events['errors']} (latest {last_error})" if events.get("errors") else "")
+        + (f", errors {events['errors']} (latest {last_error})" if events.get("errors") else "")
         + (" (still reading the manifest)" if ingesting else "")
     )
 
