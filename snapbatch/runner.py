@@ -129,6 +129,7 @@ class _Run:
         self.reached = False  # some HTTP answer came back
         self.retries: list[tuple[float, int, Row]] = []
         self.initial_work = 0  # requests the state held for this run when it started
+        self.tries: dict[str, int] = {}  # attempts this run made of each request now waiting for a retry
         self.stop_reason: str | None = None
         self.wakeup = anyio.Event()
         self.page: list[Row] = []
@@ -252,6 +253,8 @@ class _Run:
         self.on_event("outcome", {"key": row.key, "kind": outcome.kind, "code": outcome.code})
         if outcome.kind in (THROTTLED, TRANSIENT, IN_DOUBT) and self.stop_reason is None:
             self.retry(row, outcome, status)
+        else:
+            self.tries.pop(row.key, None)
 
     def retries_allowed(self) -> int:
         """The run's retry budget: a tenth of its work (at least 100), plus one retry for every request
@@ -265,15 +268,19 @@ class _Run:
         return base + self.result.submitted + self.result.failed
 
     def retry(self, row: Row, outcome: Outcome, status: str) -> None:
-        attempts = row.attempts + 1
-        if attempts >= self.options.max_attempts:
+        # The cap and the backoff count this run's attempts: a request given up on last night gets its full
+        # share again tonight (row.attempts, the lifetime count, goes to the state and the report).
+        tries = self.tries.pop(row.key, 0) + 1
+        if tries >= self.options.max_attempts:
             self.result.gave_up += 1  # stays pending / in_doubt for the next run
             return
         if self.result.retries >= self.retries_allowed():
             self.stop("retry-budget")
             return
         self.result.retries += 1
-        delay = self.rng.uniform(0, min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**attempts))
+        self.tries[row.key] = tries
+        attempts = row.attempts + 1
+        delay = self.rng.uniform(0, min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**tries))
         again = Row(
             row.key,
             row.seq,
