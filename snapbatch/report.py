@@ -131,7 +131,7 @@ def summary_line(s: Mapping[str, Any]) -> str:
     return (
         f"{s['submitted']} submitted now, {s['skipped']} earlier, {s['failed']} failed, {s['in_doubt']} in doubt, "
         f"{s['pending']} pending of {s['total']}; {s['throttled']} throttled, {s['retries']} retries, "
-        f"{s['rate_per_s']}/s over {duration(s['elapsed_s'])}"
+        f"{s['rate_per_s']:.1f}/s over {duration(s['elapsed_s'])}"
     )
 
 
