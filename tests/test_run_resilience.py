@@ -292,14 +292,16 @@ def test_report_csv(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path) -> None:
-    """Answers taking 0.8-1.5 s: the default concurrency holds >= 29.5 calls/s at the server, never > 30."""
+    """Answers taking 0.8-1.5 s: the default concurrency leaves room for every call of 2.5 s of sending
+    (so 2 s answers cannot starve the rate), the server sees calls overlap well beyond one second's
+    worth, and never more than 30 in any second. (The rate achieved is bench/quota.py's to measure.)"""
     with process(tmp_path, "--qps", "30", "--latency-ms", "800", "1500") as emu:
         r = cli("run", str(_manifest(tmp_path, 120)), "--endpoint", emu.url, "--json", env=ENV)
     calls = emu.calls()
-    times = sorted(float(c["mono"]) for c in calls)  # type: ignore[arg-type]
-    assert r.code == 0 and json.loads(r.out)["throttled"] == 0
-    assert rate_at_server(calls) <= 30
-    assert (len(times) - 2) / (times[-1] - times[1]) >= 29.5  # after the single credential probe
+    assert r.code == 0 and json.loads(r.out)["throttled"] == 0, r.err
+    in_flight = re.search(r"at most 30 calls/s, (\d+) in flight", r.err)
+    assert in_flight and int(in_flight.group(1)) >= 30 * 2.5, r.err
+    assert len(calls) == 120 and rate_at_server(calls) == 30
 
 
 def test_progress_lines_without_a_terminal(cli: CliRunner, tmp_path: Path) -> None:
