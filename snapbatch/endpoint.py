@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from snapbatch.errors import UsageError
@@ -13,8 +14,24 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _REGION_ALIASES = {"cn-hangzhou": "cn-shanghai"}  # VOD has no cn-hangzhou region of its own
 
 
+_REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)+")  # as the manifest schema has it
+
+
 def resolve_region(cli_region: str | None, manifest_region: str | None, env_region: str | None) -> str:
-    return cli_region or manifest_region or env_region or DEFAULT_REGION
+    """--region, else the manifest's, else ALIBABA_CLOUD_REGION_ID, else cn-shanghai; refuses a malformed
+    one, which would otherwise surface as an unreachable endpoint."""
+    for source, region in (
+        ("--region", cli_region),
+        ("the manifest's region", manifest_region),
+        ("ALIBABA_CLOUD_REGION_ID", env_region),
+    ):
+        if region:
+            if not _REGION.fullmatch(region):
+                raise UsageError(
+                    f"{source} {region!r} is not a region ID; give one such as cn-shanghai or ap-southeast-1"
+                )
+            return region
+    return DEFAULT_REGION
 
 
 def resolve_endpoint(cli_endpoint: str | None, manifest_endpoint: str | None, region: str) -> str:

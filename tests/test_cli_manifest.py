@@ -167,13 +167,16 @@ def test_plan_invalid_prints_nothing_on_stdout(cli: CliRunner) -> None:
 
 
 def test_plan_endpoint_and_region_precedence(cli: CliRunner) -> None:
-    """--endpoint > manifest endpoint > region; cn-hangzhou maps to the cn-shanghai endpoint."""
+    """--endpoint > manifest endpoint > region; cn-hangzhou maps to the cn-shanghai endpoint; a malformed
+    region is refused before it can become an unreachable host name."""
     r = cli("plan", EXAMPLE, "--summary", "--region", "cn-hangzhou")
     assert "endpoint https://vod.cn-shanghai.aliyuncs.com," in r.out
     r = cli("plan", EXAMPLE, "--summary", env={"ALIBABA_CLOUD_REGION_ID": "eu-central-1"})
     assert "endpoint https://vod.cn-shanghai.aliyuncs.com," in r.out  # the manifest's region wins over the env
     r = cli("plan", EXAMPLE, "--summary", "--endpoint", "http://example.com")
     assert r.code == 2 and "plain http://" in r.err
+    r = cli("plan", EXAMPLE, "--summary", "--region", "Shanghai")
+    assert r.code == 2 and "--region 'Shanghai' is not a region ID" in r.err, r.err
 
 
 def test_version_and_help_everywhere(cli: CliRunner) -> None:
