@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -171,6 +173,8 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         "(Throttling.User), answers SubmitSnapshotJob and GetJobDetail with the real JSON and HTTP statuses, "
         "and injects faults on request. Prints where it listens and which credentials it accepts.",
         epilog="examples:\n  snapbatch emulator --port 8080\n"
+        "  snapbatch emulator --port 8443 --tls-cert cert.pem --tls-key key.pem   # HTTPS; clients trust it with "
+        "SSL_CERT_FILE=ca.pem\n"
         "  snapbatch emulator --qps 30 --latency-ms 20 80 --fail InternalError=0.05 --fail drop-after=0.01 "
         "--log calls.jsonl\n\nfault codes: any VOD error Code (Throttling.User, ServiceUnavailable, "
         "InternalError, Forbidden.RAM, ...), drop-before (close without answer, no job) and drop-after (make the "
@@ -207,6 +211,8 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("--access-key-secret", default=EMULATOR_KEY_SECRET)
     p.add_argument("--security-token", help="require this STS token")
     p.add_argument("--seed", type=int, help="seed for faults and latency, for repeatable runs")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     return parser
 
 
@@ -368,6 +374,19 @@ def _plan(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     return EXIT["ok"]
 
 
+def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot use --tls-cert {cert} with --tls-key {key}: {exc}") from None
+    return context
+
+
 def _emulator(args: argparse.Namespace, out: Out) -> int:
     faults = dict(args.fail)
     if sum(faults.values()) > 1:
@@ -385,19 +404,21 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         job_seconds=args.job_seconds,
         seed=args.seed,
     )
+    tls = _server_tls(args.tls_cert, args.tls_key)
     log = args.log.open("a", encoding="utf-8") if args.log else None
     emulator = Emulator(config, log_file=log)
 
     async def serve() -> None:
         async with anyio.create_task_group() as tg:
-            port = await tg.start(emulator.serve, args.host, args.port)
+            port = await tg.start(partial(emulator.serve, args.host, args.port, ssl_context=tls))
             secret = (
                 ("secret " + EMULATOR_KEY_SECRET)
                 if args.access_key_secret == EMULATOR_KEY_SECRET
                 else "the secret given"
             )
             token = " and the security token given" if args.security_token else ""
-            print(f"snapbatch emulator listening on http://{args.host}:{port}", file=out.stdout)
+            scheme = "https" if tls is not None else "http"
+            print(f"snapbatch emulator listening on {scheme}://{args.host}:{port}", file=out.stdout)
             print(
                 f"accepting AccessKeyId {args.access_key_id} with {secret}{token}; {args.qps:g} calls/s per key",
                 file=out.stdout,
