@@ -331,7 +331,7 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
             if errors:
                 print(f"{path}: invalid ({len(errors)} error{'s' if len(errors) != 1 else ''})", file=out.stderr)
             else:
-                print(f"{path}: valid, {count} requests", file=out.stdout)
+                print(f"{path}: valid, {count} request{'s' if count != 1 else ''}", file=out.stdout)
         results.append(
             {
                 "file": str(path),

@@ -44,6 +44,8 @@ _STATUSES = ("pending", "sending", "submitted", "failed", "in_doubt")
 
 def duration(seconds: float) -> str:
     """A duration a person reads at a glance: '0.4 s', '7 min 30 s', '9 h 16 min', '2 d 3 h'."""
+    if seconds < 0.05:
+        return "under 0.1 s"
     if seconds < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     minutes, secs = divmod(round(seconds), 60)
@@ -56,19 +58,23 @@ def duration(seconds: float) -> str:
     return f"{days} d {hours} h"
 
 
+def _about(estimate: str) -> str:
+    return estimate if estimate.startswith("under") else f"about {estimate}"
+
+
 def plan_summary(manifest: Manifest, found: Survey, qps: float, endpoint: str) -> str:
     folded = found.total - found.unique
     lines = [
-        f"batch {manifest.batch}: {found.unique} requests"
+        f"batch {manifest.batch}: {found.unique} request{'s' if found.unique != 1 else ''}"
         + (f" ({folded} duplicate{'s' if folded != 1 else ''} folded)" if folded else ""),
-        f"endpoint {endpoint}, at most {qps:g} calls/s: about {duration(found.unique / qps)} at full rate",
+        f"endpoint {endpoint}, at most {qps:g} calls/s: {_about(duration(found.unique / qps))} at full rate",
     ]
     width = max((len(job) for job, _ in found.per_variant), default=3)
     for job in manifest.jobs:
         for variant in job.variants:
             count = found.per_variant.get((job.name, variant.template), 0)
             template = f"template {variant.template}" if variant.template else "no template"
-            lines.append(f"  {job.name:<{width}}  {template:<24} {count:>9} requests")
+            lines.append(f"  {job.name:<{width}}  {template:<24} {count:>9} request{'s' if count != 1 else ''}")
         if found.duplicates.get(job.name):
             lines.append(f"  {job.name:<{width}}  {'duplicates folded':<24} {found.duplicates[job.name]:>9}")
     return "\n".join(lines) + "\n"

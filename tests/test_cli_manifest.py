@@ -48,6 +48,17 @@ def test_validate_lists_problems_in_reading_order(cli: CliRunner) -> None:
     ], r.err
 
 
+def test_one_request_reads_as_one(cli: CliRunner, tmp_path: Path) -> None:
+    """A single request: '1 request', not '1 requests', and no '0.0 s' estimate."""
+    path = tmp_path / "one.yaml"
+    path.write_text("version: 1\nbatch: one\njobs:\n  - {name: a, videos: [v1], params: {Count: 1}}\n")
+    assert cli("validate", str(path)).out == f"{path}: valid, 1 request\n"
+    summary = cli("plan", str(path), "--summary").out.splitlines()
+    assert summary[0] == "batch one: 1 request"
+    assert summary[1].endswith("calls/s: under 0.1 s at full rate"), summary
+    assert summary[2].split()[-2:] == ["1", "request"]
+
+
 def test_validate_json_format(cli: CliRunner) -> None:
     """--format json: one document with every problem located."""
     r = cli("validate", str(INVALID / "param-typo.yaml"), "--format", "json")
