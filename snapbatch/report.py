@@ -134,10 +134,11 @@ def run_summary(batch: str, after: Mapping[str, int], result: RunResult) -> dict
 
 
 def summary_line(s: Mapping[str, Any]) -> str:
+    took = duration(s["elapsed_s"])
     return (
         f"{s['submitted']} submitted now, {s['skipped']} earlier, {s['failed']} failed, {s['in_doubt']} in doubt, "
         f"{s['pending']} pending of {s['total']}; {s['throttled']} throttled, {s['retries']} retries, "
-        f"{s['rate_per_s']:.1f}/s over {duration(s['elapsed_s'])}"
+        f"{s['rate_per_s']:.1f}/s " + (f"in {took}" if took.startswith("under") else f"over {took}")
     )
 
 
