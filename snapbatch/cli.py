@@ -192,6 +192,13 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="answer after a uniform random delay in [LO, HI] ms",
     )
     p.add_argument(
+        "--path-jitter-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="delay each request a random 0..MS ms before it counts, like a network path (default 0)",
+    )
+    p.add_argument(
         "--fail",
         action="append",
         default=[],
@@ -399,6 +406,7 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         credentials={args.access_key_id: (args.access_key_secret, args.security_token)},
         qps=args.qps,
         latency_ms=tuple(args.latency_ms),
+        path_jitter_ms=args.path_jitter_ms,
         faults=faults,
         videos=videos,
         job_seconds=args.job_seconds,

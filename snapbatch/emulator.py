@@ -89,6 +89,9 @@ class EmulatorConfig:
     credentials: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     qps: float = 30.0
     latency_ms: tuple[float, float] = (0.0, 0.0)
+    # each request reaches the "gateway" after a random 0..path_jitter_ms delay, as over a real network,
+    # so calls that left evenly spaced may arrive bunched
+    path_jitter_ms: float = 0.0
     faults: dict[str, float] = field(default_factory=dict)  # error Code, DROP_BEFORE or DROP_AFTER -> rate
     videos: dict[str, str | None] | None = None  # VideoId -> ReferenceId; None: every video exists
     job_seconds: float = 2.0  # GetJobDetail says Processing this long, then Success
@@ -452,6 +455,8 @@ class Emulator:
                     return
                 except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     return
+                if self.config.path_jitter_ms > 0:
+                    await anyio.sleep(self.rng.uniform(0, self.config.path_jitter_ms) / 1000)
                 reply = self.handle(method, target, headers, body)
                 low, high = self.config.latency_ms
                 if high > 0:

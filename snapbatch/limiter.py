@@ -4,8 +4,11 @@ Guarantee: of the calls it admits, never more than floor(qps) (at least 1) start
 1 s + margin, and consecutive calls are at least (1 s + margin) / rate apart. The margin absorbs the
 jitter between the moment a call is admitted and the moment it reaches the server; evenly spaced calls
 leave no burst at the start and none after a pause, unlike a token bucket.
-Throttling answers cut the rate multiplicatively (at most once a second); it then grows back by a tenth
-of qps per second.
+Throttling answers say the server counted more than qps in some second. Each one widens the margin by
+10 ms (up to 50 ms): over a real network, calls that left evenly spaced can arrive bunched, and a wider
+margin absorbs that for good. The margin relaxes by 2 ms a minute without throttling. Throttles that keep
+coming (3 within 10 s) mean someone else uses the quota: they also cut the rate multiplicatively (at
+most once a second), and it grows back by a tenth of qps per second.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ DEFAULT_MARGIN_S = 0.006
 _DECREASE = 0.7
 _RECOVERY_PER_S = 0.1  # of qps
 _FLOOR = 0.05  # of qps
+_MARGIN_STEP_S = 0.01  # each throttle widens the margin by this much...
+_MAX_MARGIN_S = 0.05  # ...up to this,
+_RELAX_PER_MIN_S = 0.002  # and it narrows by this much for each quiet minute
+_SHARED_WINDOW_S = 10.0  # this many throttles within this many seconds cut the rate too
+_SHARED_COUNT = 3
 
 
 class RateWindow:
@@ -31,13 +39,21 @@ class RateWindow:
         if not qps > 0:
             raise ValueError("qps must be positive")
         self.qps = qps
-        self.margin_s = margin_s
-        self.window_s = 1.0 + margin_s
+        self.base_margin_s = margin_s
+        self.widened_s = margin_s  # the margin right after the last throttle
         self.cap = max(1, math.floor(qps))
         self.recent: deque[float] = deque(maxlen=self.cap)
         self.last: float | None = None
         self.cut_rate = qps  # the rate right after the last cut
         self.cut_at: float | None = None
+        self.throttles: deque[float] = deque()  # times of the throttles of the last _SHARED_WINDOW_S
+
+    def margin(self, now: float) -> float:
+        """The current margin: the base one, or wider after throttling, relaxing back over quiet minutes."""
+        if not self.throttles:
+            return self.widened_s
+        quiet_min = max(0.0, now - self.throttles[-1]) / 60
+        return max(self.base_margin_s, self.widened_s - _RELAX_PER_MIN_S * math.floor(quiet_min))
 
     def rate(self, now: float) -> float:
         """The current target rate: qps, or less while recovering from throttling."""
@@ -48,11 +64,12 @@ class RateWindow:
 
     def next_slot(self, now: float) -> float:
         """The earliest time at or after ``now`` when a call may start."""
+        window_s = 1.0 + self.margin(now)
         slot = now
         if self.last is not None:
-            slot = max(slot, self.last + self.window_s / self.rate(now))
+            slot = max(slot, self.last + window_s / self.rate(now))
         if len(self.recent) == self.cap:
-            slot = max(slot, self.recent[0] + self.window_s)
+            slot = max(slot, self.recent[0] + window_s)
         return slot
 
     def admit(self, at: float, scheduled: float | None = None) -> None:
@@ -63,8 +80,13 @@ class RateWindow:
         self.last = at if scheduled is None else scheduled
 
     def throttled(self, now: float) -> bool:
-        """The service throttled a call: cut the rate, once a second at most. True when it cut."""
-        if self.cut_at is not None and now - self.cut_at < 1.0:
+        """The service throttled a call: widen the margin; when throttles keep coming, cut the rate too
+        (once a second at most). True when it cut."""
+        self.widened_s = min(max(self.widened_s, _MAX_MARGIN_S), self.margin(now) + _MARGIN_STEP_S)
+        while self.throttles and now - self.throttles[0] > _SHARED_WINDOW_S:
+            self.throttles.popleft()
+        self.throttles.append(now)
+        if len(self.throttles) < _SHARED_COUNT or (self.cut_at is not None and now - self.cut_at < 1.0):
             return False
         self.cut_rate = max(self.qps * _FLOOR, self.rate(now) * _DECREASE)
         self.cut_at = now
@@ -102,7 +124,7 @@ class Limiter:
                 await self.sleep(slot - now)
                 now = self.clock()
             # A wake-up much later than the slot (a busy loop) restarts the pace from now.
-            self.window.admit(now, slot if now - slot <= self.window.margin_s else now)
+            self.window.admit(now, slot if now - slot <= self.window.base_margin_s else now)
             self.admitted += 1
             return now
 

@@ -173,3 +173,24 @@ def test_form_body_is_signed() -> None:
     assert "SnapshotJob" in accepted, accepted
     assert seen[0]["params"] == {"VideoId": "vid-1", "Count": "3"}
     assert tampered["Code"] == moved["Code"] == "SignatureDoesNotMatch", (tampered, moved)
+
+
+def test_path_jitter_delays_a_request_before_it_counts() -> None:
+    """With path_jitter_ms, each request is held a random 0..J ms (from the seeded generator) before the
+    emulator sees it, like a network path; it is then handled as usual."""
+    import random
+    import time
+
+    seed, jitter_ms = 11, 400.0
+    expected_s = random.Random(seed).uniform(0, jitter_ms) / 1000  # the first draw of the emulator's generator
+
+    async def go(url: str) -> tuple[float, str]:
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET)) as client:
+            sent = time.monotonic()
+            return sent, (await client.submit({"VideoId": "v", "Count": "1"})).kind
+
+    with running(EmulatorConfig(path_jitter_ms=jitter_ms, seed=seed)) as emu:
+        sent, kind = anyio.run(go, emu.url)
+        (entry,) = emu.emulator.calls
+    assert kind == ACCEPTED
+    assert expected_s > 0.05 and entry["mono"] - sent >= expected_s

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapbatch.emulator import busiest_window
-from snapbatch.limiter import Limiter, RateWindow
+from snapbatch.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,14 +47,34 @@ def test_no_burst_at_start_and_full_rate_when_busy() -> None:
     assert 29.7 <= rate <= 30
 
 
-def test_throttling_cuts_then_recovers() -> None:
-    """A throttle cuts the rate by 30% (once a second at most); it is back to qps within ~3 s more."""
+def test_throttles_that_keep_coming_cut_the_rate_then_it_recovers() -> None:
+    """The third throttle within 10 s means a shared quota: it cuts the rate by 30% (once a second at
+    most); the rate is back to qps about 3 s later."""
     window = RateWindow(30)
+    assert not window.throttled(8.0) and not window.throttled(9.0)
+    assert window.rate(9.5) == 30.0
     assert window.throttled(10.0)
     assert not window.throttled(10.5)
     assert math.isclose(window.rate(10.0), 21.0)
     assert 21.0 < window.rate(11.0) < 30.0
     assert window.rate(13.1) == 30.0
+
+
+def test_a_lone_throttle_widens_the_margin_which_relaxes_when_quiet() -> None:
+    """A throttle with no others near it (calls bunched on their way to the server) leaves the rate alone
+    but widens the margin by 10 ms, up to 50 ms; each quiet minute narrows it by 2 ms, down to the base."""
+    window = RateWindow(30)
+    assert window.margin(0.0) == DEFAULT_MARGIN_S
+    assert not window.throttled(100.0)
+    assert window.rate(100.0) == 30.0 and math.isclose(window.margin(100.0), DEFAULT_MARGIN_S + 0.01)
+    for t in range(11):  # far enough apart never to count as a shared quota
+        window.throttled(120.0 + 11 * t)
+    assert window.rate(231.0) == 30.0 and math.isclose(window.margin(230.0), 0.05)
+    slot = window.next_slot(231.0)
+    window.admit(slot)
+    assert math.isclose(window.next_slot(slot) - slot, 1.05 / 30)  # the pace follows the wider window
+    assert math.isclose(window.margin(230.0 + 60 * 5), 0.05 - 5 * 0.002)
+    assert window.margin(230.0 + 3600) == DEFAULT_MARGIN_S
 
 
 def test_async_limiter_sleeps_on_the_injected_clock() -> None:
@@ -88,6 +108,7 @@ def test_late_wakeups_never_eat_the_margin(lateness: list[float]) -> None:
         now = slot + late
         window.admit(now, slot)
         starts.append(now)
-    assert all(b - a >= window.window_s - 1e-9 for a, b in zip(starts, starts[30:], strict=False))
+    window_s = 1.0 + window.margin(now)
+    assert all(b - a >= window_s - 1e-9 for a, b in zip(starts, starts[30:], strict=False))
     worst = max(lateness)
-    assert all(b - a <= window.window_s + 2 * worst + 1e-9 for a, b in zip(starts, starts[30:], strict=False))
+    assert all(b - a <= window_s + 2 * worst + 1e-9 for a, b in zip(starts, starts[30:], strict=False))
