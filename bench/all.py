@@ -13,6 +13,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SCRIPTS = [
     ("quota use at qps 30 against the usual alternatives", ["quota.py", "600"]),
+    ("sharing the quota with another client on the same key", ["shared_quota.py", "600"]),
     ("client CPU per call against the official SDK", ["client_cost.py", "5000"]),
     ("plan at 200k and 1M videos", ["plan_scale.py"]),
     ("run start-up and resume at scale", ["run_scale.py"]),
