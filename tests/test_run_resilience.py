@@ -292,9 +292,9 @@ def test_report_csv(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path) -> None:
-    """Answers taking 0.8-1.5 s: the default concurrency leaves room for every call of 2.5 s of sending
-    (so 2 s answers cannot starve the rate), the server sees calls overlap well beyond one second's
-    worth, and never more than 30 in any second. (The rate achieved is bench/quota.py's to measure.)"""
+    """Answers taking 0.8-1.5 s: the default concurrency leaves room for 2.5 s of calls in flight (so even
+    2 s answers cannot starve the rate), and the server's busiest second is full, 30, but never over.
+    (The rate achieved is bench/quota.py's to measure.)"""
     with process(tmp_path, "--qps", "30", "--latency-ms", "800", "1500") as emu:
         r = cli("run", str(_manifest(tmp_path, 120)), "--endpoint", emu.url, "--json", env=ENV)
     calls = emu.calls()
