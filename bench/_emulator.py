@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,17 @@ from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
 from snapbatch.emulator import busiest_window
 
 KEY_ID, KEY_SECRET = EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+BASELINES = Path(__file__).parent / "baselines.py"
+
+
+def key_env() -> dict[str, str]:
+    """This process's environment with the emulator's key as the AccessKey, for `snapbatch run`."""
+    return {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
+
+
+def baseline(kind: str, url: str, qps: float, workers: int, ids: Path) -> list[str]:
+    """The command running a baseline of bench/baselines.py (``sdk`` or ``aiolimiter``) with the emulator's key."""
+    return [sys.executable, str(BASELINES), kind, url, KEY_ID, KEY_SECRET, f"{qps:g}", str(workers), str(ids)]
 
 
 @dataclass

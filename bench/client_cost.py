@@ -18,10 +18,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import KEY_ID, KEY_SECRET, emulator
+from _emulator import baseline, emulator, key_env
 from _measure import table
-
-HERE = Path(__file__).parent
 
 
 def cpu_of(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
@@ -38,7 +36,7 @@ def cpu_of(command: list[str], env: dict[str, str]) -> tuple[float, float, float
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
+    env = key_env()
     tools = ("snapbatch run (16 in flight)", "official SDK, 16 threads")
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,17 +70,7 @@ def main() -> None:
                                 str(root / f"s-{round_}-{count}.sqlite3"),
                             ]
                         else:
-                            command = [
-                                sys.executable,
-                                str(HERE / "baselines.py"),
-                                "sdk",
-                                served.url,
-                                KEY_ID,
-                                KEY_SECRET,
-                                "1000000",
-                                "16",
-                                str(root / f"ids-{count}.txt"),
-                            ]
+                            command = baseline("sdk", served.url, 1_000_000, 16, root / f"ids-{count}.txt")
                         measured.append(cpu_of(command, env))
                     (cpu1, _, _), (cpun, rss, wall) = measured
                     results[name].append(((cpun - cpu1) / (n - 1) * 1000, rss, n / wall))

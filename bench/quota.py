@@ -11,17 +11,14 @@ a sleep-based limit, and an asyncio script with aiolimiter. The floor is 30/s: t
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import KEY_ID, KEY_SECRET, emulator, server_view
+from _emulator import baseline, emulator, key_env, server_view
 from _measure import table
-
-HERE = Path(__file__).parent
 
 
 def main() -> None:
@@ -35,7 +32,7 @@ def main() -> None:
         manifest.write_text(
             "version: 1\nbatch: quota\njobs:\n  - {name: all, videos: {file: ids.txt}, params: {Count: 1}}\n"
         )
-        env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
+        env = key_env()
         scenarios = (
             ("20-80 ms", ["--latency-ms", "20", "80"]),
             ("800-1500 ms", ["--latency-ms", "800", "1500"]),
@@ -55,28 +52,8 @@ def main() -> None:
                     "--state",
                     state,
                 ],
-                "SDK + 32 threads + sleep limit": lambda url, state: [
-                    sys.executable,
-                    str(HERE / "baselines.py"),
-                    "sdk",
-                    url,
-                    KEY_ID,
-                    KEY_SECRET,
-                    "30",
-                    "32",
-                    str(ids),
-                ],
-                "asyncio + aiolimiter": lambda url, state: [
-                    sys.executable,
-                    str(HERE / "baselines.py"),
-                    "aiolimiter",
-                    url,
-                    KEY_ID,
-                    KEY_SECRET,
-                    "30",
-                    "64",
-                    str(ids),
-                ],
+                "SDK + 32 threads + sleep limit": lambda url, state: baseline("sdk", url, 30, 32, ids),
+                "asyncio + aiolimiter": lambda url, state: baseline("aiolimiter", url, 30, 64, ids),
             }
             for name, command in tools.items():
                 with emulator(root, "--qps", "30", *emulator_args) as served:

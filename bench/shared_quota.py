@@ -11,19 +11,17 @@ calls; the other client, like most scripts, loses them.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import KEY_ID, KEY_SECRET, emulator
+from _emulator import baseline, emulator, key_env
 from _measure import table
 
 from snapbatch.emulator import busiest_window
 
-HERE = Path(__file__).parent
 NEIGHBOUR_QPS = 10
 
 
@@ -38,20 +36,10 @@ def main() -> None:
         manifest.write_text(
             "version: 1\nbatch: shared\njobs:\n  - {name: all, videos: {file: ids.txt}, params: {Count: 1}}\n"
         )
-        env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
+        env = key_env()
         with emulator(root, "--qps", "30", "--latency-ms", "20", "80") as served:
             other = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(HERE / "baselines.py"),
-                    "sdk",
-                    served.url,
-                    KEY_ID,
-                    KEY_SECRET,
-                    str(NEIGHBOUR_QPS),
-                    "8",
-                    str(root / "theirs.txt"),
-                ],
+                baseline("sdk", served.url, NEIGHBOUR_QPS, 8, root / "theirs.txt"),
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

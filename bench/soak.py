@@ -7,7 +7,6 @@ only where an answer was lost (a call in flight at a kill, or a connection dropp
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import subprocess
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import KEY_ID, KEY_SECRET, emulator
+from _emulator import emulator, key_env
 from _measure import table
 
 FAULTS = [
@@ -38,7 +37,7 @@ def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     videos = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     rnd = random.Random(2026)
-    env = {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
+    env = key_env()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "ids.txt").write_text("".join(f"video-{i:06d}\n" for i in range(videos)))
