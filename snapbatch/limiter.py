@@ -46,12 +46,12 @@ class RateWindow:
         self.last: float | None = None
         self.cut_rate = qps  # the rate right after the last cut
         self.cut_at: float | None = None
-        self.throttles: deque[float] = deque()  # times of the throttles of the last _SHARED_WINDOW_S
+        self.throttles: deque[float] = deque()  # recent throttles' times (within _SHARED_WINDOW_S of the last)
 
     def margin(self, now: float) -> float:
         """The current margin: the base one, or wider after throttling, relaxing back over quiet minutes."""
         if not self.throttles:
-            return self.widened_s
+            return self.base_margin_s
         quiet_min = max(0.0, now - self.throttles[-1]) / 60
         return max(self.base_margin_s, self.widened_s - _RELAX_PER_MIN_S * math.floor(quiet_min))
 

@@ -190,6 +190,14 @@ def test_plan_endpoint_and_region_precedence(cli: CliRunner) -> None:
     assert r.code == 2 and "--region 'Shanghai' is not a region ID" in r.err, r.err
 
 
+def test_region_check_is_the_schemas() -> None:
+    """--region and ALIBABA_CLOUD_REGION_ID are checked with the same pattern the schema gives `region`."""
+    from snapbatch.endpoint import _REGION
+    from snapbatch.manifest import schema
+
+    assert f"^{_REGION.pattern}$" == schema()["properties"]["region"]["pattern"]
+
+
 def test_version_and_help_everywhere(cli: CliRunner) -> None:
     """--version prints the version; every command has --help with examples."""
     from snapbatch import __version__
