@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
 from snapbatch.emulator import busiest_window
 
 KEY_ID, KEY_SECRET = EMULATOR_KEY_ID, EMULATOR_KEY_SECRET

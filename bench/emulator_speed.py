@@ -17,9 +17,9 @@ import anyio
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import table
 
-from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
-from snapbatch.client import VodClient
-from snapbatch.signing import Credentials
+from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
 
 
 def main() -> None:

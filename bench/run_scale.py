@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import table
 from plan_scale import write_ids
 
-from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
-from snapbatch.expand import expand, fingerprint
-from snapbatch.manifest import load_manifest
-from snapbatch.state import State
+from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.manifest.load import load_manifest
+from snapbatch.run.state import State
 
 N = 1_000_000
 

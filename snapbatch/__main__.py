@@ -1,3 +1,3 @@
-from snapbatch.cli import main
+from snapbatch.cli.main import main
 
 raise SystemExit(main())

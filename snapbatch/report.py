@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from snapbatch.expand import Survey
+from snapbatch.manifest.expand import Survey
 from snapbatch.models import Manifest, Request
-from snapbatch.runner import RunResult
-from snapbatch.state import Row
+from snapbatch.run.runner import RunResult
+from snapbatch.run.state import Row
 
 __all__ = [
     "REPORT_FIELDS",

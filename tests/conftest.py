@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapbatch.cli import main
+from snapbatch.cli.main import main
 
 ROOT = Path(__file__).parent.parent
 

@@ -192,8 +192,8 @@ def test_plan_endpoint_and_region_precedence(cli: CliRunner) -> None:
 
 def test_region_check_is_the_schemas() -> None:
     """--region and ALIBABA_CLOUD_REGION_ID are checked with the same pattern the schema gives `region`."""
-    from snapbatch.endpoint import _REGION
-    from snapbatch.manifest import schema
+    from snapbatch.manifest.load import schema
+    from snapbatch.vod.endpoint import _REGION
 
     assert f"^{_REGION.pattern}$" == schema()["properties"]["region"]["pattern"]
 
@@ -201,7 +201,7 @@ def test_region_check_is_the_schemas() -> None:
 def test_version_and_help_everywhere(cli: CliRunner) -> None:
     """--version prints the version; every command has --help with examples."""
     from snapbatch import __version__
-    from snapbatch.cli import COMMANDS
+    from snapbatch.cli.main import COMMANDS
 
     r = cli("--version")
     assert (r.code, r.out) == (0, f"snapbatch {__version__}\n")

@@ -11,11 +11,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from snapbatch.client import VodClient, classify
 from snapbatch.emulator import DROP_AFTER, DROP_BEFORE, EmulatorConfig
 from snapbatch.errors import UsageError
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
-from snapbatch.signing import Credentials
+from snapbatch.vod.client import VodClient, classify
+from snapbatch.vod.signing import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
 
 GOOD = Credentials(AK_ID, AK_SECRET)

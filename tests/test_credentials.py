@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from snapbatch.credentials import find_credentials
 from snapbatch.errors import CredentialsError
+from snapbatch.vod.credentials import find_credentials
 
 ENV = {"ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIenv", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "env-secret-1"}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import anyio
 
-from snapbatch.client import VodClient
 from snapbatch.emulator import Emulator, EmulatorConfig, load_videos, rate_at_server
 from snapbatch.models import ACCEPTED, FAILED, THROTTLED
-from snapbatch.signing import Credentials
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
 
 
@@ -123,7 +123,7 @@ def test_emulator_command_serves_and_logs(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from snapbatch.cli import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+    from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
 
     exe = shutil.which("snapbatch") or str(Path(sys.executable).parent / "snapbatch")
     log = tmp_path / "calls.jsonl"

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapbatch.expand import expand, survey
-from snapbatch.manifest import load_manifest
+from snapbatch.manifest.expand import expand, survey
+from snapbatch.manifest.load import load_manifest
 
 ids = st.lists(st.from_regex(r"[A-Za-z0-9_-]{6,12}", fullmatch=True), min_size=1, max_size=6, unique=True)
 template_names = st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=3, unique=True)

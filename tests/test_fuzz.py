@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snapbatch.cli import main
-from snapbatch.client import VodClient
+from snapbatch.cli.main import main
 from snapbatch.models import ACCEPTED
-from snapbatch.signing import Credentials
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
 
 KEYS = [

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapbatch.emulator import busiest_window
-from snapbatch.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
 
 
 @settings(max_examples=200, deadline=None)

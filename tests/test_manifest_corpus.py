@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from snapbatch.errors import ManifestError
-from snapbatch.expand import expand
-from snapbatch.manifest import load_manifest
+from snapbatch.manifest.expand import expand
+from snapbatch.manifest.load import load_manifest
 
 CORPUS = Path(__file__).parent / "manifests"
 VALID = sorted(p for p in (CORPUS / "valid").iterdir() if p.suffix in (".yaml", ".json"))
@@ -116,7 +116,7 @@ def test_published_schema_is_the_packaged_one_and_valid() -> None:
 
     import jsonschema
 
-    from snapbatch.manifest import schema
+    from snapbatch.manifest.load import schema
 
     published = json.loads((Path(__file__).parent.parent / "schemas" / "manifest.schema.json").read_text())
     assert published == schema()

@@ -50,7 +50,7 @@ def test_wheel_ships_the_schema_and_validates_from_outside_the_checkout(tmp_path
             sys.executable,
             "-c",
             "import snapbatch, sys; print(snapbatch.__file__); "
-            "from snapbatch.cli import main; sys.exit(main(['validate', 'jobs.yaml']))",
+            "from snapbatch.cli.main import main; sys.exit(main(['validate', 'jobs.yaml']))",
         ],
         cwd=tmp_path,
         env=env,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from snapbatch.cli import COMMANDS, _parser
-from snapbatch.cli_run import Out
-from snapbatch.manifest import schema
+from snapbatch.cli.main import COMMANDS, _parser
+from snapbatch.cli.run import Out
+from snapbatch.manifest.load import schema
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

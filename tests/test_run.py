@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapbatch.emulator import DROP_AFTER, EmulatorConfig, rate_at_server
-from snapbatch.state import State
+from snapbatch.run.state import State
 from tests.conftest import ROOT, CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process, running
 

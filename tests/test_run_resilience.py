@@ -16,14 +16,14 @@ from typing import Any
 
 import anyio
 
-from snapbatch.client import VodClient
 from snapbatch.emulator import EmulatorConfig, rate_at_server
-from snapbatch.expand import expand, fingerprint
-from snapbatch.limiter import Limiter, RateWindow
-from snapbatch.manifest import load_manifest
-from snapbatch.runner import RunOptions, run_batch
-from snapbatch.signing import Credentials
-from snapbatch.state import State
+from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.manifest.load import load_manifest
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.runner import RunOptions, run_batch
+from snapbatch.run.state import State
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process, running
 from tests.test_run import ENV, _manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapbatch.signing import Credentials, encode, sign_v1, sign_v3
+from snapbatch.vod.signing import Credentials, encode, sign_v1, sign_v3
 
 
 def test_v1_published_vector() -> None:
@@ -122,7 +122,7 @@ def test_client_request_signed_as_official_with_form_body(
     from alibabacloud_tea_openapi.utils import Utils
     from darabonba.request import DaraRequest
 
-    from snapbatch.client import VodClient
+    from snapbatch.vod.client import VodClient
 
     client = VodClient(
         "https://vod.cn-shanghai.aliyuncs.com",

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapbatch.models import ACCEPTED, FAILED, IN_DOUBT, THROTTLED, TRANSIENT, Outcome, Request
-from snapbatch.state import State
+from snapbatch.run.state import State
 
 KEYS = [f"k{i}" for i in range(6)]
 kinds = st.sampled_from([ACCEPTED, FAILED, IN_DOUBT, THROTTLED, TRANSIENT])
@@ -78,7 +78,7 @@ def test_any_sequence_survives_close_and_reopen(groups: list[list[tuple[Any, ...
 
 WRITER = """
 import json, sys
-from snapbatch.state import State
+from snapbatch.run.state import State
 from tests.test_state import _real
 state = State(__import__("pathlib").Path(sys.argv[1]))
 for line in sys.stdin:

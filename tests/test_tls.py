@@ -15,11 +15,11 @@ import anyio
 import trustme
 from anyio.from_thread import start_blocking_portal
 
-from snapbatch.client import VodClient
 from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.models import ACCEPTED, TRANSIENT
-from snapbatch.signing import Credentials
-from snapbatch.transport import LeanTransport
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
+from snapbatch.vod.transport import LeanTransport
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process
 from tests.test_run import ENV, _manifest

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from snapbatch.client import VodClient
 from snapbatch.emulator import DROP_AFTER, EmulatorConfig
 from snapbatch.models import ACCEPTED, IN_DOUBT, TRANSIENT
-from snapbatch.signing import Credentials
-from snapbatch.transport import LeanTransport
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
+from snapbatch.vod.transport import LeanTransport
 from tests.emulated import AK_ID, AK_SECRET, running
 
 Answer = Callable[[int], bytes]  # connection-local request number -> raw answer (b"": close; CLOSE: send, close)

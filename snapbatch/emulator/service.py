@@ -30,7 +30,14 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSListener
 
-from snapbatch.signing import EMPTY_SHA256, parse_authorization, sign_v1, sign_v3, v1_string_to_sign, v3_string_to_sign
+from snapbatch.vod.signing import (
+    EMPTY_SHA256,
+    parse_authorization,
+    sign_v1,
+    sign_v3,
+    v1_string_to_sign,
+    v3_string_to_sign,
+)
 
 __all__ = [
     "DROP_AFTER",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from snapbatch.errors import CredentialsError
-from snapbatch.signing import Credentials
+from snapbatch.vod.signing import Credentials
 
 __all__ = ["find_credentials"]
 

@@ -17,12 +17,12 @@ from typing import Any, NamedTuple
 
 import jsonschema
 
-from snapbatch import located
-from snapbatch.endpoint import check_url
 from snapbatch.errors import ManifestError, Problem, UsageError
-from snapbatch.ids import check_id, read_ids
-from snapbatch.located import Document, format_path
+from snapbatch.manifest import located
+from snapbatch.manifest.ids import check_id, read_ids
+from snapbatch.manifest.located import Document, format_path
 from snapbatch.models import DEFAULT_QPS, IdSource, Job, Loc, Manifest, Variant
+from snapbatch.vod.endpoint import check_url
 
 __all__ = ["MAX_ID_PROBLEMS", "load_manifest", "merge", "schema", "to_wire"]
 

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from snapbatch.limiter import Limiter
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
-from snapbatch.state import Row, State
+from snapbatch.run.limiter import Limiter
+from snapbatch.run.state import Row, State
 
 __all__ = ["RunOptions", "RunResult", "Sender", "run_batch"]
 

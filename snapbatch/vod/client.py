@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 
 from snapbatch import __version__
-from snapbatch.endpoint import check_url
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
-from snapbatch.signing import Credentials, canonical_query, sign_v3, v3_headers
-from snapbatch.transport import LeanTransport
+from snapbatch.vod.endpoint import check_url
+from snapbatch.vod.signing import Credentials, canonical_query, sign_v3, v3_headers
+from snapbatch.vod.transport import LeanTransport
 
 __all__ = ["API_VERSION", "V3Auth", "VodClient", "classify", "parse_body"]
 

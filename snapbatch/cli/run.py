@@ -19,14 +19,10 @@ from typing import Any, TextIO
 import anyio
 from anyio.from_thread import start_blocking_portal
 
-from snapbatch.client import VodClient
-from snapbatch.credentials import find_credentials
 from snapbatch.emulator import Emulator, EmulatorConfig
-from snapbatch.endpoint import resolve_endpoint, resolve_region
 from snapbatch.errors import Problem, SnapbatchError, StateError
-from snapbatch.expand import expand, fingerprint
-from snapbatch.limiter import Limiter, RateWindow
-from snapbatch.manifest import load_manifest
+from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
 from snapbatch.report import (
     REPORT_FIELDS,
@@ -37,9 +33,13 @@ from snapbatch.report import (
     status_text,
     summary_line,
 )
-from snapbatch.runner import RunOptions, RunResult, run_batch
-from snapbatch.signing import Credentials
-from snapbatch.state import State, default_state_path
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.runner import RunOptions, RunResult, run_batch
+from snapbatch.run.state import State, default_state_path
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.credentials import find_credentials
+from snapbatch.vod.endpoint import resolve_endpoint, resolve_region
+from snapbatch.vod.signing import Credentials
 
 __all__ = ["EXIT", "Out", "report_command", "resolve_target", "run_command", "status_command"]
 

@@ -15,11 +15,11 @@ from typing import TextIO
 import anyio
 
 from snapbatch import __version__
-from snapbatch.cli_run import EXIT, Out, report_command, resolve_target, run_command, status_command
+from snapbatch.cli.run import EXIT, Out, report_command, resolve_target, run_command, status_command
 from snapbatch.emulator import Emulator, EmulatorConfig, load_videos
 from snapbatch.errors import LockedError, ManifestError, Problem, SnapbatchError, StateError, UsageError
-from snapbatch.expand import expand, survey
-from snapbatch.manifest import load_manifest
+from snapbatch.manifest.expand import expand, survey
+from snapbatch.manifest.load import load_manifest
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
 
 __all__ = ["COMMANDS", "EXIT", "main"]

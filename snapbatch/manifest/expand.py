@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from snapbatch.errors import ManifestError, Problem
-from snapbatch.ids import read_ids
+from snapbatch.manifest.ids import read_ids
 from snapbatch.models import Job, Manifest, Request
 
 __all__ = ["KEY_CHARS", "Survey", "duplicate_candidates", "expand", "fingerprint", "survey"]
