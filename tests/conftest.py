@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,11 @@ import pytest
 from snapbatch.cli.main import main
 
 ROOT = Path(__file__).parent.parent
+
+# Nothing in the suite may reach beyond loopback: alibabacloud-credentials' default chain would ask the ECS
+# metadata address unless told not to, and a proxy from the environment must not carry loopback calls.
+os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 
 
 @dataclass
