@@ -89,14 +89,16 @@ class Request(NamedTuple):  # a tuple: cheap to make a million of
 
 # Outcome kinds. "accepted" made a job; "throttled" and "transient" certainly made none and may be retried;
 # "in_doubt" may have made one (the answer was lost); "failed" is this request's fault; "fatal" is the
-# account's or the credentials' and stops the run.
-ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL = (
+# account's or the credentials' and stops the run. "expired": the STS token had run out and fresh credentials
+# are at hand: certainly no job, and not the service failing, so it goes again at once.
+ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL, EXPIRED = (
     "accepted",
     "throttled",
     "transient",
     "in_doubt",
     "failed",
     "fatal",
+    "expired",
 )
 
 
@@ -113,4 +115,4 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
-        return self.kind in (THROTTLED, TRANSIENT, IN_DOUBT)
+        return self.kind in (THROTTLED, TRANSIENT, IN_DOUBT, EXPIRED)

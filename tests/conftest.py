@@ -34,7 +34,8 @@ def cli() -> CliRunner:
 
     def run(*argv: str, env: Mapping[str, str] | None = None) -> Result:
         out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), env=dict(env or {}), stdout=out, stderr=err)
+        environ = {"ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true", **(env or {})}
+        code = main(list(argv), env=environ, stdout=out, stderr=err)
         return Result(code, out.getvalue(), err.getvalue())
 
     return run

@@ -36,9 +36,10 @@ from snapbatch.report import (
 from snapbatch.run.limiter import Limiter, RateWindow
 from snapbatch.run.runner import RunOptions, RunResult, run_batch
 from snapbatch.run.state import State, default_state_path
+from snapbatch.vod.chain import find_provider
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.credentials import find_credentials
 from snapbatch.vod.endpoint import resolve_endpoint, resolve_region
+from snapbatch.vod.providers import CredentialsProvider, StaticCredentials
 from snapbatch.vod.signing import Credentials
 
 __all__ = ["EXIT", "Out", "report_command", "resolve_target", "run_command", "status_command"]
@@ -99,14 +100,14 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     concurrency = args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2))
     if args.emulator:
         with _emulated(30.0) as (endpoint, creds):
-            return _run(args, manifest, endpoint, creds, qps, concurrency, out)
+            return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out)
     endpoint = resolve_target(args, manifest, env)
-    creds = find_credentials(env, Path(env.get("HOME", str(Path.home()))), args.profile)
+    provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
     # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
     proxied = any(env.get(name) for name in _PROXY_VARIABLES)
     if proxied:
         out.log("a proxy is configured in the environment; calls go through it")
-    return _run(args, manifest, endpoint, creds, qps, concurrency, out, proxied)
+    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied)
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
@@ -119,7 +120,7 @@ def _run(
     args: argparse.Namespace,
     manifest: Manifest,
     endpoint: str,
-    creds: Credentials,
+    creds: CredentialsProvider,
     qps: float,
     concurrency: int,
     out: Out,
@@ -135,7 +136,7 @@ def _run(
                 + ("will be sent again" if args.in_doubt == "resend" else "are left alone (--in-doubt skip)")
             )
         out.log(
-            f"batch {manifest.batch}: sending to {endpoint} as {creds.access_key_id} ({creds.source}), "
+            f"batch {manifest.batch}: sending to {endpoint} as {creds.current().access_key_id} ({creds.source}), "
             f"at most {qps:g} calls/s, {concurrency} in flight"
         )
         options = RunOptions(
@@ -197,7 +198,7 @@ async def _run_async(
     state: State,
     manifest: Manifest,
     endpoint: str,
-    creds: Credentials,
+    creds: CredentialsProvider,
     qps: float,
     options: RunOptions,
     out: Out,
@@ -266,6 +267,7 @@ async def _run_async(
             tg.start_soon(signals)
         tg.start_soon(progress)
         tg.start_soon(ingest)
+        tg.start_soon(creds.keep_fresh)  # renews STS credentials ahead of expiry, off the calls' path
         result = await run_batch(
             state, client, limiter, options, on_event=on_event, stop=stop, more_coming=lambda: not ingested.is_set()
         )

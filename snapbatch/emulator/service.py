@@ -30,6 +30,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSListener
 
+from snapbatch.emulator.sts import CREDENTIALS_URI_PATH, STS_ACTIONS, STS_VERSION, Sts, StsConfig, StsError
 from snapbatch.vod.signing import (
     EMPTY_SHA256,
     parse_authorization,
@@ -86,7 +87,7 @@ _STATUS = {
     "UnsupportedHTTPMethod": 400,
 }
 _SPRITE_FIELDS = {"CellWidth", "CellHeight", "Padding", "Margin", "Color", "Columns", "Lines", "KeepCellPic"}
-_SECRET_PARAMS = ("Signature", "SecurityToken")
+_SECRET_PARAMS = ("Signature", "SecurityToken", "OIDCToken")
 
 
 @dataclass
@@ -103,6 +104,9 @@ class EmulatorConfig:
     videos: dict[str, str | None] | None = None  # VideoId -> ReferenceId; None: every video exists
     job_seconds: float = 2.0  # GetJobDetail says Processing this long, then Success
     seed: int | None = None
+    # AccessKeyId -> wall-clock time its STS token expires (InvalidSecurityToken.Expired from then on)
+    expiries: dict[str, float] = field(default_factory=dict)
+    sts: StsConfig | None = None  # also act as STS (AssumeRole, AssumeRoleWithOIDC, a credentials URI)
 
 
 @dataclass
@@ -153,6 +157,7 @@ class Emulator:
         self.nonce_order: deque[tuple[float, str]] = deque()
         self.by_reference = {ref: vid for vid, ref in (config.videos or {}).items() if ref}
         self.host_id = "vod.emulator.snapbatch"
+        self.sts = Sts(config.sts, config.credentials, config.expiries, wall) if config.sts is not None else None
 
     # -- the service ----------------------------------------------------------------------------------
 
@@ -197,6 +202,8 @@ class Emulator:
         if body and headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         params = {**query, **form}
+        if self.sts is not None and (params.get("Action") in STS_ACTIONS or split.path == CREDENTIALS_URI_PATH):
+            return self._handle_sts(method, split.path, params, entry, request_id)
         if "authorization" in headers:
             key_id, action, version = self._check_v3(method, split.path or "/", query, headers, body)
         else:
@@ -231,6 +238,28 @@ class Emulator:
             return Reply(0, {}, drop=True)
         return Reply(200, {"RequestId": request_id, "SnapshotJob": {"JobId": job_id}})
 
+    def _handle_sts(
+        self, method: str, path: str, params: dict[str, str], entry: dict[str, Any], request_id: str
+    ) -> Reply:
+        assert self.sts is not None
+        action = params.get("Action") or "CredentialsURI"
+        entry.update(action=action, params={k: v for k, v in params.items() if k not in _SECRET_PARAMS})
+        try:
+            if path == CREDENTIALS_URI_PATH:
+                body = self.sts.credentials_document()
+            elif params.get("Version") != STS_VERSION:
+                raise _Error("InvalidVersion", f"Specified parameter Version {params.get('Version')} is not valid.")
+            elif action == "AssumeRole":
+                entry["ak"] = caller = self._check_v1(method, params)
+                body = self.sts.assume_role(params, caller, request_id)
+            else:  # AssumeRoleWithOIDC is not signed: the OIDC token is the proof
+                body = self.sts.assume_role_with_oidc(params, request_id)
+        except StsError as exc:
+            entry.update(code=exc.code, outcome="error")
+            return Reply(exc.status, {"RequestId": request_id, "Code": exc.code, "Message": exc.message})
+        entry.update(outcome="issued", issued=body.get("Credentials", body)["AccessKeyId"])
+        return Reply(200, body)
+
     def _credentials(self, key_id: str) -> tuple[str, str | None]:
         if key_id not in self.config.credentials:
             raise _Error("InvalidAccessKeyId.NotFound", "Specified access key is not found.")
@@ -257,7 +286,7 @@ class Emulator:
         self.nonces[nonce] = now
         self.nonce_order.append((now, nonce))
 
-    def _check_token(self, expected: str | None, given: str | None) -> None:
+    def _check_token(self, key_id: str, expected: str | None, given: str | None) -> None:
         if expected is None:
             return
         if not given:
@@ -266,6 +295,9 @@ class Emulator:
             raise _Error(
                 "InvalidSecurityToken.MismatchWithAccessKey", "Specified SecurityToken mismatch with the AccessKey."
             )
+        expires = self.config.expiries.get(key_id)
+        if expires is not None and self.wall() >= expires:
+            raise _Error("InvalidSecurityToken.Expired", "Specified SecurityToken is expired.")
 
     def _check_v1(self, method: str, params: dict[str, str]) -> str:
         for name in ("AccessKeyId", "Signature", "SignatureMethod", "Timestamp"):
@@ -285,7 +317,7 @@ class Emulator:
                 f"server string to sign is:{v1_string_to_sign(method, signed)}",
             )
         self._check_time_and_nonce(params["Timestamp"], params.get("SignatureNonce", ""))
-        self._check_token(token, params.get("SecurityToken"))
+        self._check_token(params["AccessKeyId"], token, params.get("SecurityToken"))
         return params["AccessKeyId"]
 
     def _check_v3(
@@ -330,7 +362,7 @@ class Emulator:
                 f"server string to sign is:{string_to_sign}",
             )
         self._check_time_and_nonce(headers["x-acs-date"], headers["x-acs-signature-nonce"])
-        self._check_token(token, headers.get("x-acs-security-token"))
+        self._check_token(key_id, token, headers.get("x-acs-security-token"))
         return key_id, headers["x-acs-action"], headers["x-acs-version"]
 
     def _admit(self, key_id: str, action: str, now: float) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
+from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
 from snapbatch.run.limiter import Limiter
 from snapbatch.run.state import Row, State
 
@@ -251,7 +251,7 @@ class _Run:
                 self.limiter.throttled()
         self.writer.outcome(row.key, outcome, status)
         self.on_event("outcome", {"key": row.key, "kind": outcome.kind, "code": outcome.code})
-        if outcome.kind in (THROTTLED, TRANSIENT, IN_DOUBT) and self.stop_reason is None:
+        if outcome.retryable and self.stop_reason is None:
             self.retry(row, outcome, status)
         else:
             self.tries.pop(row.key, None)
@@ -280,7 +280,9 @@ class _Run:
         self.result.retries += 1
         self.tries[row.key] = tries
         attempts = row.attempts + 1
-        delay = self.rng.uniform(0, min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**tries))
+        # renewed credentials: nothing to wait for (the limiter still paces the call)
+        cap = min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**tries)
+        delay = 0.0 if outcome.kind == EXPIRED else self.rng.uniform(0, cap)
         again = Row(
             row.key,
             row.seq,

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from snapbatch import __version__
-from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
+from snapbatch.errors import CredentialsError
+from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
 from snapbatch.vod.endpoint import check_url
+from snapbatch.vod.providers import CredentialsProvider, StaticCredentials
 from snapbatch.vod.signing import Credentials, canonical_query, sign_v3, v3_headers
 from snapbatch.vod.transport import LeanTransport
 
-__all__ = ["API_VERSION", "V3Auth", "VodClient", "classify", "parse_body"]
+__all__ = ["API_VERSION", "EXPIRED_TOKEN_CODES", "V3Auth", "VodClient", "classify", "parse_body"]
 
 API_VERSION = "2017-03-21"
+# what the OpenAPI gateway answers for an STS token past its expiry (SecurityTokenExpired is OSS's spelling,
+# which VOD's upload SDKs also check for)
+EXPIRED_TOKEN_CODES = {"InvalidSecurityToken.Expired", "SecurityTokenExpired"}
 _TRANSIENT_CODES = {"ServiceUnavailable", "ServiceUnAvailable", "InternalError", "SignatureNonceUsed", "ServiceTimeout"}
 _FAILED_CODES = {
     "InvalidVideo.NotFound",
@@ -118,12 +123,21 @@ class _CookielessClient(httpx.AsyncClient):
 class V3Auth(httpx.Auth):
     """Signs each request as it goes out (V3, ACS3-HMAC-SHA256) with a fresh nonce and timestamp, so no
     attempt is ever a replay. The request carries its action in x-acs-action and its parameters as a
-    form body; the host, the x-acs-* headers and the body (through x-acs-content-sha256) are signed."""
+    form body; the host, the x-acs-* headers and the body (through x-acs-content-sha256) are signed.
+    The credentials come from ``provider`` at each attempt, so renewed ones apply to the next call."""
 
-    def __init__(self, credentials: Credentials, clock: Callable[[], datetime], nonce: Callable[[], str]) -> None:
-        self.credentials, self.clock, self.nonce = credentials, clock, nonce
+    def __init__(self, provider: CredentialsProvider, clock: Callable[[], datetime], nonce: Callable[[], str]) -> None:
+        self.provider, self.clock, self.nonce = provider, clock, nonce
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.sign(request, self.provider.current())
+        yield request
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        self.sign(request, await self.provider.usable())
+        yield request
+
+    def sign(self, request: httpx.Request, credentials: Credentials) -> None:
         headers = v3_headers(
             host=request.headers["host"],
             action=request.headers["x-acs-action"],
@@ -131,7 +145,7 @@ class V3Auth(httpx.Auth):
             now=self.clock(),
             nonce=self.nonce(),
             body=request.content,
-            token=self.credentials.security_token,
+            token=credentials.security_token,
         )
         headers["authorization"] = sign_v3(
             method=request.method,
@@ -139,12 +153,11 @@ class V3Auth(httpx.Auth):
             query=dict(request.url.params.multi_items()) if request.url.query else {},
             headers=headers,
             payload_sha256=headers["x-acs-content-sha256"],
-            access_key_id=self.credentials.access_key_id,
-            secret=self.credentials.access_key_secret,
+            access_key_id=credentials.access_key_id,
+            secret=credentials.access_key_secret,
         )
         del headers["host"], headers["x-acs-action"], headers["x-acs-version"]  # already on the request
         request.headers.update(headers)
-        yield request
 
 
 class VodClient:
@@ -157,7 +170,7 @@ class VodClient:
     def __init__(
         self,
         endpoint: str,
-        credentials: Credentials,
+        credentials: Credentials | CredentialsProvider,
         *,
         max_connections: int = 64,
         timeout_s: float = 10.0,
@@ -169,7 +182,8 @@ class VodClient:
         check_url(endpoint)
         self.endpoint = endpoint.rstrip("/")
         self._url = httpx.URL(f"{self.endpoint}/")
-        self._auth = V3Auth(credentials, clock, nonce)
+        provider = StaticCredentials(credentials) if isinstance(credentials, Credentials) else credentials
+        self._auth = V3Auth(provider, clock, nonce)
         self._fixed_headers = [
             ("x-acs-version", API_VERSION),
             ("user-agent", f"snapbatch/{__version__}"),
@@ -208,13 +222,39 @@ class VodClient:
         """One attempt; the Outcome and, when the answer was JSON, the parsed body."""
         try:
             response = await self._http.send(self.request(action, params))
+        except CredentialsError as exc:  # expired, and no fresh ones could be had: nothing was sent
+            return Outcome(FATAL, code="InvalidSecurityToken.Expired", message=str(exc)), None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(TRANSIENT, code=None, message=f"{type(exc).__name__}: {exc}"), None
         except httpx.TransportError as exc:  # sent, or partly sent, and no answer: a job may exist
             detail = str(exc) or "no answer"
             return Outcome(IN_DOUBT, code=None, message=f"{type(exc).__name__}: {detail}"), None
         doc = parse_body(response.content)
-        return classify(response.status_code, response.content, doc), doc
+        outcome = classify(response.status_code, response.content, doc)
+        if outcome.code in EXPIRED_TOKEN_CODES:
+            outcome = await self._renewed(outcome, response.request.headers.get("x-acs-security-token"))
+        return outcome, doc
+
+    async def _renewed(self, outcome: Outcome, token: str | None) -> Outcome:
+        """An expired-token answer: EXPIRED (send again) once fresh credentials are at hand, else FATAL
+        saying what to do."""
+        try:
+            fresh = await self._auth.provider.renew(token)
+        except CredentialsError as exc:
+            return Outcome(
+                FATAL,
+                request_id=outcome.request_id,
+                code=outcome.code,
+                message=str(exc),
+                http_status=outcome.http_status,
+            )
+        return Outcome(
+            EXPIRED,
+            request_id=outcome.request_id,
+            code=outcome.code,
+            message=f"the STS token had expired; sending again with fresh credentials from {fresh.source}",
+            http_status=outcome.http_status,
+        )
 
     async def submit(self, params: Mapping[str, str]) -> Outcome:
         """SubmitSnapshotJob with exactly ``params`` (as `plan` shows them)."""

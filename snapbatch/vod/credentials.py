@@ -65,8 +65,9 @@ def _from_cli_config(path: Path, wanted: str | None) -> Credentials | None:
     where = f"aliyun CLI profile {name!r}"
     if mode not in ("AK", "StsToken"):
         raise CredentialsError(
-            f"{where} uses mode {mode}, which needs a token exchange snapbatch does not perform; use a profile "
-            "of mode AK or StsToken, or export ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET/_SECURITY_TOKEN"
+            f"{where} uses mode {mode}, which needs a token exchange: install alibabacloud-credentials for "
+            "snapbatch to perform it (pip install 'snapbatch[aliyun]'), or use a profile of mode AK or StsToken, "
+            "or export ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET/_SECURITY_TOKEN"
         )
     key_id, secret = chosen.get("access_key_id"), chosen.get("access_key_secret")
     if not key_id or not secret:
@@ -89,7 +90,10 @@ def _from_ini(path: Path) -> Credentials | None:
     section = parser["default"]
     kind = section.get("type", "access_key")
     if kind != "access_key":
-        raise CredentialsError(f"[default] in {path} is of type {kind}; snapbatch reads type access_key")
+        raise CredentialsError(
+            f"[default] in {path} is of type {kind}; snapbatch reads type access_key, and with "
+            "pip install 'snapbatch[aliyun]' also ram_role_arn, oidc_role_arn and ecs_ram_role"
+        )
     key_id, secret = section.get("access_key_id"), section.get("access_key_secret")
     if not key_id or not secret:
         raise CredentialsError(f"[default] in {path} needs access_key_id and access_key_secret")
