@@ -58,7 +58,7 @@ class Sts:
         return {
             "RequestId": request_id,
             "AssumedRoleUser": {"Arn": f"{role}/{session}", "AssumedRoleId": f"3{caller[-8:]}:{session}"},
-            "Credentials": self._issue(duration),
+            "Credentials": self.issue(duration),
         }
 
     def assume_role_with_oidc(self, params: dict[str, str], request_id: str) -> dict[str, Any]:
@@ -73,12 +73,12 @@ class Sts:
             "RequestId": request_id,
             "AssumedRoleUser": {"Arn": f"{role}/{session}", "AssumedRoleId": f"3oidc:{session}"},
             "OIDCTokenInfo": {"Issuer": "https://oidc.emulator.snapbatch", "Subject": "system:serviceaccount"},
-            "Credentials": self._issue(duration),
+            "Credentials": self.issue(duration),
         }
 
     def credentials_document(self) -> dict[str, Any]:
         """What a credentials URI answers (the shape URLCredentialsProvider reads)."""
-        return {"Code": "Success", **self._issue(3600)}
+        return {"Code": "Success", **self.issue(3600)}
 
     def _role_params(self, params: dict[str, str]) -> tuple[str, str, int]:
         role = params.get("RoleArn", "")
@@ -92,7 +92,8 @@ class Sts:
             raise StsError("InvalidParameter.DurationSeconds", "The parameter DurationSeconds is wrong.")
         return role, session, int(duration)
 
-    def _issue(self, duration_s: int) -> dict[str, str]:
+    def issue(self, duration_s: int) -> dict[str, str]:
+        """New STS credentials (the answer's Credentials object), accepted by VOD until they expire."""
         lifetime = self.config.lifetime_s if self.config.lifetime_s is not None else float(duration_s)
         key_id = "STS.NU" + secrets.token_hex(12)
         secret, token = secrets.token_urlsafe(30), "CAIS" + secrets.token_urlsafe(60)

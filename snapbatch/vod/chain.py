@@ -360,12 +360,11 @@ def _build(lib: ModuleType, source: Source) -> Any:
 
 
 def _fetcher(lib: ModuleType, source: Source) -> Fetch:
-    built: list[Any] = []
-
     def fetch() -> tuple[Credentials, float | None]:
-        if not built:  # built on first use, so a bad option is reported like any failed fetch
-            built.append(_build(lib, source))
-        got = built[0].get_credentials()
+        # A new provider each time: the library keeps STS credentials until 15 minutes before their expiry
+        # and would hand back the very ones the service just refused; snapbatch decides when to renew.
+        # (Built here, so a bad option is reported like any failed fetch.)
+        got = _build(lib, source).get_credentials()
         expiration = got.get_expiration()
         credentials = Credentials(
             got.get_access_key_id(), got.get_access_key_secret(), got.get_security_token() or None, source.label

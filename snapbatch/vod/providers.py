@@ -22,9 +22,6 @@ from snapbatch.vod.signing import Credentials
 
 __all__ = ["CredentialsProvider", "Fetch", "RenewingCredentials", "StaticCredentials", "redact"]
 
-# alibabacloud-credentials re-fetches STS credentials once they are within 15 minutes of expiry, and hands
-# back its cached ones before that: asking earlier gets nothing new
-LIBRARY_STALE_S = 15 * 60
 # credentials this close to their expiry (by this machine's clock; a tenth of their life when that is
 # shorter) are not sent: the answer would be InvalidSecurityToken.Expired
 EXPIRY_GUARD_S = 1.0
@@ -104,7 +101,6 @@ class RenewingCredentials:
         self._next_at = 0.0
         self._failures = 0
         self._last_error = ""
-        self._forced: str | None = None  # the token a renewal forced by the service's refusal brought
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
         self.renewals = 0  # credentials replaced during the run, for logs and tests
@@ -145,11 +141,7 @@ class RenewingCredentials:
         current = self.current()
         if current.security_token != rejected_token:
             return current  # already renewed since that call was signed
-        if self._forced is not None and self._forced == rejected_token:
-            raise CredentialsError(
-                f"the service refused as expired the credentials just obtained from {self.source}; check this "
-                "machine's clock (the service allows 15 minutes of difference) and the source"
-            )
+        # (a service that keeps refusing fresh credentials costs each request its max_attempts, no more)
         await self._renew_from(rejected_token)
         renewed = self.current()
         if renewed.security_token == rejected_token:
@@ -159,8 +151,11 @@ class RenewingCredentials:
                 f"{until}: {self._last_error or 'the source handed back the same one'}; check this machine's "
                 "clock and the source, then run again (the state is saved)"
             )
-        self._forced = renewed.security_token
         return renewed
+
+    def wake(self) -> None:
+        """Have ``keep_fresh`` look at the clock again now (it jumped: a resumed machine, a test)."""
+        self._wake.set()
 
     async def keep_fresh(self) -> None:
         if self._expires_at is None:
@@ -209,9 +204,9 @@ class RenewingCredentials:
             self._next_at = float("inf")
         elif fresh:
             self._guard_s = min(EXPIRY_GUARD_S, max(0.0, expires_at - now) / 10)
-            # two thirds into their life, and no earlier than the library will hand out new ones
-            self._next_at = max(now + (expires_at - now) * 2 / 3, expires_at - LIBRARY_STALE_S + 1)
-        else:  # the library kept its cached ones: look again, more often as the expiry nears
+            self._next_at = now + (expires_at - now) * 2 / 3  # a third of their life left as a margin
+        else:  # the source still hands out the same ones (a metadata service rotates late): look again, more
+            # often as the expiry nears
             self._next_at = now + max(1.0, min(60.0, (expires_at - now) / 4))
         self._wake.set()
 
