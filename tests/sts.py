@@ -1,5 +1,5 @@
 """The emulator as VOD (plain HTTP) and as STS (HTTPS, as alibabacloud-credentials always speaks to STS), both
-on loopback, for the credential-source tests. The library is pointed at it with SNAPBATCH_STS_ENDPOINT and
+on loopback, for the credential-source tests. The library is pointed at it with ALIBABA_CLOUD_STS_ENDPOINT and
 trusts its throwaway CA through SSL_CERT_FILE; nothing leaves 127.0.0.1."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class StandIn:
         """An environment that points the library at this stand-in and never at ECS metadata."""
         return {
             "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
-            "SNAPBATCH_STS_ENDPOINT": self.sts_host,
+            "ALIBABA_CLOUD_STS_ENDPOINT": self.sts_host,
             **extra,
         }
 

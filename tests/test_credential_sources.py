@@ -176,16 +176,18 @@ def test_chain_order(tmp_path: Path) -> None:
 
 
 def test_sts_endpoint_like_the_library() -> None:
-    """sts.aliyuncs.com by default; region and VPC variables as the library reads them; the override is a
-    host[:port] only."""
+    """sts.aliyuncs.com by default; region and VPC variables as the library reads them; a profile's
+    sts_endpoint, and ALIBABA_CLOUD_STS_ENDPOINT over it (as the aliyun CLI reads them), as host[:port]."""
     assert sts_endpoint({}) == "sts.aliyuncs.com"
     assert sts_endpoint({"ALIBABA_CLOUD_STS_REGION": "cn-shanghai"}) == "sts.cn-shanghai.aliyuncs.com"
     vpc = {"ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED": "true"}
     assert sts_endpoint(vpc, "cn-beijing") == "sts-vpc.cn-beijing.aliyuncs.com"
     assert sts_endpoint(vpc, "cn-beijing", False) == "sts.cn-beijing.aliyuncs.com"
-    assert sts_endpoint({"SNAPBATCH_STS_ENDPOINT": "127.0.0.1:8443"}) == "127.0.0.1:8443"
+    assert sts_endpoint({}, "cn-beijing", given="sts.example.internal:8443") == "sts.example.internal:8443"
+    override = {"ALIBABA_CLOUD_STS_ENDPOINT": "https://127.0.0.1:8443/"}
+    assert sts_endpoint(override, "cn-beijing", given="sts.example.internal") == "127.0.0.1:8443"
     with pytest.raises(CredentialsError, match="host name with an optional :port"):
-        sts_endpoint({"SNAPBATCH_STS_ENDPOINT": "http://127.0.0.1:8443/"})
+        sts_endpoint({"ALIBABA_CLOUD_STS_ENDPOINT": "http://127.0.0.1:8443/"})
 
 
 def test_failed_exchange_says_why_without_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -195,7 +197,7 @@ def test_failed_exchange_says_why_without_secrets(monkeypatch: pytest.MonkeyPatc
     with stand_in(monkeypatch, tmp_path) as sts:
         with pytest.raises(CredentialsError) as refused:
             find_provider(sts.env(), tmp_path)
-        closed = sts.env(SNAPBATCH_STS_ENDPOINT="127.0.0.1:9")  # discard port: connection refused
+        closed = sts.env(ALIBABA_CLOUD_STS_ENDPOINT="127.0.0.1:9")  # discard port: connection refused
     cli_config(tmp_path, [ram_role_profile()])
     with pytest.raises(CredentialsError) as unreachable:
         find_provider(closed, tmp_path)

@@ -16,7 +16,7 @@ import anyio
 
 from snapbatch import __version__
 from snapbatch.cli.run import EXIT, Out, report_command, resolve_target, run_command, status_command
-from snapbatch.emulator import Emulator, EmulatorConfig, load_videos
+from snapbatch.emulator import CREDENTIALS_URI_PATH, Emulator, EmulatorConfig, StsConfig, load_videos
 from snapbatch.errors import LockedError, ManifestError, Problem, SnapbatchError, StateError, UsageError
 from snapbatch.manifest.expand import expand, survey
 from snapbatch.manifest.load import load_manifest
@@ -220,6 +220,14 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for faults and latency, for repeatable runs")
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain)")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
+        "--sts-lifetime",
+        type=float,
+        metavar="SECONDS",
+        help="also act as STS (AssumeRole signed by the key above, and a credentials URI at /credentials), "
+        "issuing credentials that expire after SECONDS (0: as DurationSeconds asks); their calls count "
+        "against the role's account",
+    )
     return parser
 
 
@@ -411,6 +419,7 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         videos=videos,
         job_seconds=args.job_seconds,
         seed=args.seed,
+        sts=None if args.sts_lifetime is None else StsConfig(lifetime_s=args.sts_lifetime or None),
     )
     tls = _server_tls(args.tls_cert, args.tls_key)
     log = args.log.open("a", encoding="utf-8") if args.log else None
@@ -430,8 +439,16 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
             print(
                 f"accepting AccessKeyId {args.access_key_id} with {secret}{token}; {args.qps:g} calls/s per key",
                 file=out.stdout,
-                flush=True,
+                flush=not config.sts,
             )
+            if config.sts is not None:
+                lasting = f"{args.sts_lifetime:g} s" if args.sts_lifetime else "DurationSeconds"
+                print(
+                    f"also STS: AssumeRole at {args.host}:{port}, a credentials URI at "
+                    f"{scheme}://{args.host}:{port}{CREDENTIALS_URI_PATH}; credentials last {lasting}",
+                    file=out.stdout,
+                    flush=True,
+                )
 
     try:
         anyio.run(serve)

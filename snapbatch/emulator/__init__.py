@@ -12,13 +12,17 @@ from snapbatch.emulator.service import (
     load_videos,
     rate_at_server,
 )
+from snapbatch.emulator.sts import CREDENTIALS_URI_PATH, Sts, StsConfig
 
 __all__ = [
+    "CREDENTIALS_URI_PATH",
     "DROP_AFTER",
     "DROP_BEFORE",
     "Emulator",
     "EmulatorConfig",
     "Reply",
+    "Sts",
+    "StsConfig",
     "busiest_window",
     "load_videos",
     "rate_at_server",

@@ -106,6 +106,8 @@ class EmulatorConfig:
     seed: int | None = None
     # AccessKeyId -> wall-clock time its STS token expires (InvalidSecurityToken.Expired from then on)
     expiries: dict[str, float] = field(default_factory=dict)
+    # AccessKeyId -> the account whose per-second limit its calls count against (default: the key's own)
+    accounts: dict[str, str] = field(default_factory=dict)
     sts: StsConfig | None = None  # also act as STS (AssumeRole, AssumeRoleWithOIDC, a credentials URI)
 
 
@@ -157,7 +159,11 @@ class Emulator:
         self.nonce_order: deque[tuple[float, str]] = deque()
         self.by_reference = {ref: vid for vid, ref in (config.videos or {}).items() if ref}
         self.host_id = "vod.emulator.snapbatch"
-        self.sts = Sts(config.sts, config.credentials, config.expiries, wall) if config.sts is not None else None
+        self.sts = (
+            Sts(config.sts, config.credentials, config.expiries, config.accounts, wall)
+            if config.sts is not None
+            else None
+        )
 
     # -- the service ----------------------------------------------------------------------------------
 
@@ -366,8 +372,9 @@ class Emulator:
         return key_id, headers["x-acs-action"], headers["x-acs-version"]
 
     def _admit(self, key_id: str, action: str, now: float) -> None:
-        """More than qps calls of one action by one AccessKeyId in any 1-second window: Throttling.User."""
-        window = self.windows.setdefault((key_id, action), deque())
+        """More than qps calls of one action by one account (by default, one AccessKeyId) in any 1-second
+        window: Throttling.User."""
+        window = self.windows.setdefault((self.config.accounts.get(key_id, key_id), action), deque())
         while window and window[0] <= now - 1.0:
             window.popleft()
         if len(window) + 1 > self.config.qps:

@@ -40,17 +40,20 @@ class StsError(Exception):
 
 
 class Sts:
-    """Issues credentials into ``credentials`` (AccessKeyId -> (secret, token)) and ``expiries``
-    (AccessKeyId -> wall-clock expiry), the tables the emulated VOD checks calls against."""
+    """Issues credentials into ``credentials`` (AccessKeyId -> (secret, token)), ``expiries`` (AccessKeyId ->
+    wall-clock expiry) and ``accounts`` (AccessKeyId -> the account whose quota its calls use: the role's),
+    the tables the emulated VOD checks calls against."""
 
     def __init__(
         self,
         config: StsConfig,
         credentials: dict[str, tuple[str, str | None]],
         expiries: dict[str, float],
+        accounts: dict[str, str],
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.config, self.credentials, self.expiries, self.wall = config, credentials, expiries, wall
+        self.config, self.credentials, self.expiries, self.accounts = config, credentials, expiries, accounts
+        self.wall = wall
         self.issued = 0
 
     def assume_role(self, params: dict[str, str], caller: str, request_id: str) -> dict[str, Any]:
@@ -58,7 +61,7 @@ class Sts:
         return {
             "RequestId": request_id,
             "AssumedRoleUser": {"Arn": f"{role}/{session}", "AssumedRoleId": f"3{caller[-8:]}:{session}"},
-            "Credentials": self.issue(duration),
+            "Credentials": self.issue(duration, _account(role)),
         }
 
     def assume_role_with_oidc(self, params: dict[str, str], request_id: str) -> dict[str, Any]:
@@ -73,12 +76,12 @@ class Sts:
             "RequestId": request_id,
             "AssumedRoleUser": {"Arn": f"{role}/{session}", "AssumedRoleId": f"3oidc:{session}"},
             "OIDCTokenInfo": {"Issuer": "https://oidc.emulator.snapbatch", "Subject": "system:serviceaccount"},
-            "Credentials": self.issue(duration),
+            "Credentials": self.issue(duration, _account(role)),
         }
 
     def credentials_document(self) -> dict[str, Any]:
         """What a credentials URI answers (the shape URLCredentialsProvider reads)."""
-        return {"Code": "Success", **self.issue(3600)}
+        return {"Code": "Success", **self.issue(3600, "credentials-uri")}
 
     def _role_params(self, params: dict[str, str]) -> tuple[str, str, int]:
         role = params.get("RoleArn", "")
@@ -92,7 +95,7 @@ class Sts:
             raise StsError("InvalidParameter.DurationSeconds", "The parameter DurationSeconds is wrong.")
         return role, session, int(duration)
 
-    def issue(self, duration_s: int) -> dict[str, str]:
+    def issue(self, duration_s: int, account: str = "sts") -> dict[str, str]:
         """New STS credentials (the answer's Credentials object), accepted by VOD until they expire."""
         lifetime = self.config.lifetime_s if self.config.lifetime_s is not None else float(duration_s)
         key_id = "STS.NU" + secrets.token_hex(12)
@@ -100,6 +103,7 @@ class Sts:
         expires = self.wall() + lifetime
         self.credentials[key_id] = (secret, token)
         self.expiries[key_id] = expires
+        self.accounts[key_id] = account
         self.issued += 1
         return {
             "AccessKeyId": key_id,
@@ -108,3 +112,7 @@ class Sts:
             # STS gives whole seconds; rounding down keeps the client's idea of the expiry never later than ours
             "Expiration": datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+
+def _account(role_arn: str) -> str:
+    return role_arn.split(":")[3]  # acs:ram::ACCOUNT:role/NAME

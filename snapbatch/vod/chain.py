@@ -63,17 +63,22 @@ def library() -> ModuleType | None:
     return providers
 
 
-def sts_endpoint(env: Mapping[str, str], region: str | None = None, vpc: bool | None = None) -> str:
-    """The STS host the library would use (``SNAPBATCH_STS_ENDPOINT`` overrides it: a private endpoint,
-    or a stand-in to rehearse against)."""
-    override = (env.get("SNAPBATCH_STS_ENDPOINT") or "").strip()
-    if override:
-        if not _HOST_PORT.fullmatch(override):
-            raise CredentialsError(
-                f"SNAPBATCH_STS_ENDPOINT is {override!r}; give a host name with an optional :port "
-                "(always HTTPS), e.g. sts-vpc.cn-shanghai.aliyuncs.com"
-            )
-        return override
+def sts_endpoint(
+    env: Mapping[str, str], region: str | None = None, vpc: bool | None = None, given: str | None = None
+) -> str:
+    """The STS host for an exchange: ALIBABA_CLOUD_STS_ENDPOINT (which the aliyun CLI and ACK's RRSA webhook
+    use, though this Python library does not read it), else a profile's ``sts_endpoint`` (``given``), else
+    what the library derives from the region and VPC settings."""
+    for name, value in (("ALIBABA_CLOUD_STS_ENDPOINT", env.get("ALIBABA_CLOUD_STS_ENDPOINT")), ("sts_endpoint", given)):
+        value = (value or "").strip()
+        if value:
+            host = value.removeprefix("https://").rstrip("/")
+            if not _HOST_PORT.fullmatch(host):
+                raise CredentialsError(
+                    f"{name} is {value!r}; give a host name with an optional :port (STS is always called over "
+                    "HTTPS), e.g. sts-vpc.cn-shanghai.aliyuncs.com"
+                )
+            return host
     if vpc is None:
         vpc = env.get("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED", "false").lower() == "true"
     prefix = "sts-vpc" if vpc else "sts"
@@ -230,7 +235,8 @@ def _from_profile(
             )
         return _ecs(env, chosen.get("ram_role_name") or None, where=where)
     region, vpc = chosen.get("sts_region") or None, chosen.get("enable_vpc")
-    endpoint = sts_endpoint(env, region, vpc if isinstance(vpc, bool) else None)
+    given = chosen.get("sts_endpoint")
+    endpoint = sts_endpoint(env, region, vpc if isinstance(vpc, bool) else None, str(given) if given else None)
     role = chosen.get("ram_role_arn")
     if not role:
         raise CredentialsError(f"{where} is of mode {mode} but has no ram_role_arn; run `aliyun configure`")
