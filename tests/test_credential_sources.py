@@ -15,8 +15,10 @@ from snapbatch.models import ACCEPTED
 from snapbatch.vod.chain import chain_sources, find_provider, sts_endpoint
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.providers import CredentialsProvider, RenewingCredentials, StaticCredentials
+from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET
 from tests.sts import OIDC_PROVIDER, OIDC_TOKEN, ROLE, cli_config, ram_role_profile, stand_in
+from tests.test_run import _manifest
 
 NO_ECS = {"ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"}
 
@@ -242,3 +244,18 @@ def test_without_the_extra_exchanges_are_refused_with_the_install_command(
     }
     with pytest.raises(CredentialsError, match=r"needs the alibabacloud-credentials package: pip install"):
         find_provider({**NO_ECS, **oidc}, tmp_path / "nowhere")
+
+
+def test_run_without_usable_credentials_exits_4(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`snapbatch run` whose role cannot be assumed stops before sending anything, with exit 4 and STS's
+    reason; with no credentials at all, exit 4 naming the ways to give them."""
+    manifest = _manifest(tmp_path, 3)
+    cli_config(tmp_path, [ram_role_profile(ram_role_arn="acs:ram::1:role/")])
+    with stand_in(monkeypatch, tmp_path) as sts:
+        refused = cli("run", str(manifest), "--endpoint", sts.vod_url, env=sts.env(HOME=str(tmp_path)))
+        nothing = cli("run", str(manifest), "--endpoint", sts.vod_url, env=sts.env(HOME=str(tmp_path / "nowhere")))
+    assert refused.code == 4 and "InvalidParameter.RoleArn" in refused.err and AK_SECRET not in refused.err
+    assert nothing.code == 4 and "no Alibaba Cloud credentials found" in nothing.err
+    assert sts.calls("SubmitSnapshotJob") == []

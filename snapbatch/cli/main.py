@@ -17,7 +17,15 @@ import anyio
 from snapbatch import __version__
 from snapbatch.cli.run import EXIT, Out, report_command, resolve_target, run_command, status_command
 from snapbatch.emulator import CREDENTIALS_URI_PATH, Emulator, EmulatorConfig, StsConfig, load_videos
-from snapbatch.errors import LockedError, ManifestError, Problem, SnapbatchError, StateError, UsageError
+from snapbatch.errors import (
+    CredentialsError,
+    LockedError,
+    ManifestError,
+    Problem,
+    SnapbatchError,
+    StateError,
+    UsageError,
+)
 from snapbatch.manifest.expand import expand, survey
 from snapbatch.manifest.load import load_manifest
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
@@ -318,6 +326,9 @@ def main(
     except StateError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["state"]
+    except CredentialsError as exc:  # none found, or the exchange for them failed: nothing was sent
+        print(f"snapbatch: {exc}", file=out.stderr)
+        return EXIT["fatal"]
     except SnapbatchError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["usage"]

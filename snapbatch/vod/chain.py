@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -87,7 +87,7 @@ def sts_endpoint(
 
 
 def find_provider(
-    env: Mapping[str, str], home: Path, profile: str | None = None, *, log: Any = None
+    env: Mapping[str, str], home: Path, profile: str | None = None, *, log: Callable[[str], None] | None = None
 ) -> CredentialsProvider:
     """The run's credentials, fetched once now (blocking); CredentialsError saying how when there are none.
     ``log(message)`` hears of renewals and failed attempts during the run."""
