@@ -97,7 +97,8 @@ def main() -> None:
             "ram_role_arn": ROLE,
         }
         (root / ".aliyun" / "config.json").write_text(json.dumps({"current": "default", "profiles": [profile]}))
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")}
+        # no proxy: the library would send the loopback exchanges through it (it ignores NO_PROXY)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_") and "proxy" not in k.lower()}
         base.update(SSL_CERT_FILE=str(root / "ca.pem"), ALIBABA_CLOUD_ECS_METADATA_DISABLED="true", HOME=str(root))
         args = ("--qps", "30", "--latency-ms", "20", "80", "--tls-cert", str(root / "cert.pem"))
         args += ("--tls-key", str(root / "key.pem"), "--sts-lifetime", str(LIFETIME_S))

@@ -53,6 +53,8 @@ def stand_in(
     ca_path = tmp_path / "sts-ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))  # read by the library's TLS context, at each new session
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)  # the library sends through these and ignores NO_PROXY
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server)
     config = EmulatorConfig(
