@@ -31,13 +31,19 @@ def _submit(url: str, provider: CredentialsProvider) -> str:
     return anyio.run(go)
 
 
-def test_ram_role_arn_profile_assumes_the_role_at_the_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_ram_role_arn_profile_assumes_the_role_at_the_stand_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A RamRoleArn CLI profile: AssumeRole reaches the loopback STS signed by the profile's key, with its role
-    and session name; the STS credentials it returns are accepted by VOD; the source names mode and role."""
+    and session name; the STS credentials it returns are accepted by VOD; the source names mode and role; and
+    the library's request logging (DEBUG=sdk) prints no signed URL."""
     cli_config(tmp_path, [ram_role_profile()])
+    monkeypatch.setenv("DEBUG", "sdk")
     with stand_in(monkeypatch, tmp_path) as sts:
         provider = find_provider(sts.env(), tmp_path)
         assert _submit(sts.vod_url, provider) == ACCEPTED
+    printed = capfd.readouterr()
+    assert "Signature" not in printed.err + printed.out and "AssumeRole" not in printed.err
     [assume] = sts.calls("AssumeRole")
     assert assume["ak"] == AK_ID and assume["outcome"] == "issued"
     assert assume["params"]["RoleArn"] == ROLE and assume["params"]["RoleSessionName"] == "nightly-snapshots"
@@ -259,3 +265,23 @@ def test_run_without_usable_credentials_exits_4(
     assert refused.code == 4 and "InvalidParameter.RoleArn" in refused.err and AK_SECRET not in refused.err
     assert nothing.code == 4 and "no Alibaba Cloud credentials found" in nothing.err
     assert sts.calls("SubmitSnapshotJob") == []
+
+
+def test_credentials_ini_role_types(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """credentials.ini [default] of type oidc_role_arn exchanges at the stand-in; type ecs_ram_role maps to
+    the ECS source with its role name (by configuration only, never called)."""
+    (tmp_path / "token").write_text(OIDC_TOKEN)
+    (tmp_path / ".alibabacloud").mkdir()
+    ini = tmp_path / ".alibabacloud" / "credentials.ini"
+    ini.write_text(
+        f"[default]\ntype = oidc_role_arn\nrole_arn = {ROLE}\noidc_provider_arn = {OIDC_PROVIDER}\n"
+        f"oidc_token_file_path = {tmp_path / 'token'}\nrole_session_name = from-ini\n"
+    )
+    with stand_in(monkeypatch, tmp_path) as sts:
+        provider = find_provider(sts.env(), tmp_path)
+        assert _submit(sts.vod_url, provider) == ACCEPTED
+    [assume] = sts.calls("AssumeRoleWithOIDC")
+    assert assume["params"]["RoleSessionName"] == "from-ini" and provider.current().access_key_id == assume["issued"]
+    ini.write_text("[default]\ntype = ecs_ram_role\nrole_name = vod-role\n")
+    [ecs] = chain_sources({}, tmp_path)
+    assert (ecs.kind, ecs.options["role_name"]) == ("ecs_ram_role", "vod-role")

@@ -57,9 +57,11 @@ def library() -> ModuleType | None:
         providers = importlib.import_module("alibabacloud_credentials.provider")
     except ImportError:
         return None
-    # It logs failed refreshes with the signed request URL (the signature, the OIDC token) to stderr through
-    # a handler of its own; snapbatch reports them itself, redacted.
-    logging.getLogger("credentials").disabled = True
+    # It logs failed refreshes, and its HTTP layer every request when DEBUG=sdk, with the signed URL (the
+    # signature, the OIDC token) to stderr through handlers of their own; snapbatch reports failures itself,
+    # redacted.
+    for name in ("credentials", "alibabacloud-tea"):
+        logging.getLogger(name).disabled = True
     return providers
 
 
