@@ -3,7 +3,7 @@
     SnapbatchError                 root; str() is a whole sentence for the user
     ├── ManifestError              the manifest (or an ID file) is wrong: carries every Problem found
     ├── UsageError                 a command line that cannot work (bad flag value, http:// to a remote host)
-    ├── CredentialsError           no usable AccessKey was found; says the three ways to give one
+    ├── CredentialsError           no usable AccessKey was found, or its token exchange failed; says what to do
     ├── StateError                 the state file cannot be opened, read or written (disk full, read-only)
     └── LockedError                another run holds the state file; names the holder
 

@@ -1,4 +1,5 @@
-"""The local VOD endpoint: the service logic (``service``) behind a small HTTP server. Imports only
+"""The local VOD endpoint: the service logic (``service``) behind a small HTTP server, and optionally a
+stand-in for STS (``sts``) issuing credentials it accepts until they expire. Imports only
 ``snapbatch.vod.signing`` from the rest of snapbatch, so it stays faithful to the documented service rather
 than to snapbatch's client."""
 
