@@ -222,7 +222,7 @@ def test_static_token_that_expires_stops_with_4_and_resumes(cli: CliRunner, tmp_
             env={**new, "ALIBABA_CLOUD_SECURITY_TOKEN": "new-token"},
         )
     assert first.code == 4, first.err
-    assert "the STS token from environment has expired; put a fresh one there and run again" in first.err
+    assert "the STS token given (environment) has expired; put a fresh one there and run again" in first.err
     assert token not in first.err and "old-secret" not in first.err
     assert second.code == 0, second.err
     assert json.loads(second.out)["submitted"] == 5

@@ -72,8 +72,8 @@ class StaticCredentials:
 
     async def renew(self, rejected_token: str | None) -> Credentials:
         raise CredentialsError(
-            f"the STS token from {self.source} has expired; put a fresh one there and run again (the state is "
-            f"saved: the run resumes where it stopped); {RENEW_HINT}"
+            f"the STS token given ({self.source}) has expired; put a fresh one there and run again (the state "
+            f"is saved: the run resumes where it stopped); {RENEW_HINT}"
         )
 
     async def keep_fresh(self) -> None:
