@@ -1,4 +1,4 @@
-"""Every benchmark, one after the other, each printing its table (about 4 minutes on 2 cores).
+"""Every benchmark, one after the other, each printing its table (about 8 minutes on 2 cores).
 
 python bench/all.py
 """
@@ -19,6 +19,7 @@ SCRIPTS = [
     ("run start-up and resume at scale", ["run_scale.py"]),
     ("kill -9 and 30% faults soak", ["soak.py", "12", "1500"]),
     ("emulator speed", ["emulator_speed.py", "5000"]),
+    ("2 minutes with credentials expiring every 20 s, beside a fixed key", ["credentials_refresh.py", "120"]),
 ]
 
 
