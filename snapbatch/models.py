@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -11,6 +13,8 @@ from snapbatch.errors import Problem
 __all__ = [
     "DEFAULT_QPS",
     "DEFAULT_REGION",
+    "EXTEND_TAG",
+    "KEY_CHARS",
     "IdSource",
     "Job",
     "Loc",
@@ -18,10 +22,15 @@ __all__ = [
     "Outcome",
     "Request",
     "Variant",
+    "tagged",
 ]
 
 DEFAULT_QPS = 30.0
 DEFAULT_REGION = "cn-shanghai"
+KEY_CHARS = 24  # a request key's length (hex)
+# The name under which a request's key rides in UserData.Extend, so that a SnapshotComplete event names
+# the request even when the answer carrying its JobId was lost.
+EXTEND_TAG = "snapbatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +125,19 @@ class Outcome:
     @property
     def retryable(self) -> bool:
         return self.kind in (THROTTLED, TRANSIENT, IN_DOUBT, EXPIRED)
+
+
+def tagged(params: Mapping[str, str], key: str) -> dict[str, str]:
+    """The parameters as sent: when UserData.Extend is a mapping or absent, it carries ``key`` under
+    EXTEND_TAG (the same key on every attempt); a string Extend is the user's own and is left alone."""
+    result = dict(params)
+    text = result.get("UserData")
+    user_data = json.loads(text) if text else {}
+    extend = user_data.get("Extend")
+    if extend is None:
+        extend = {}
+    elif not isinstance(extend, dict):
+        return result
+    user_data["Extend"] = {**extend, EXTEND_TAG: key}
+    result["UserData"] = json.dumps(user_data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return result

@@ -8,11 +8,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from snapbatch.manifest.expand import Survey
-from snapbatch.models import Manifest, Request
+from snapbatch.models import Manifest, Request, tagged
 from snapbatch.run.runner import RunResult
 from snapbatch.run.state import Row
 
 __all__ = [
+    "COMPLETION_WORDS",
     "REPORT_FIELDS",
     "duration",
     "plan_jsonl",
@@ -38,7 +39,15 @@ REPORT_FIELDS = (
     "error_message",
     "attempts",
     "submitted_at",
+    "completion",
+    "completed_at",
+    "completion_code",
+    "completion_message",
+    "snapshot_count",
+    "snapshot_url",
 )
+# what became of a submitted request's job, as `status` and `report` say it
+COMPLETION_WORDS = {None: "unknown", "processing": "processing", "success": "completed", "fail": "failed"}
 _STATUSES = ("pending", "sending", "submitted", "failed", "in_doubt")
 
 
@@ -81,14 +90,18 @@ def plan_summary(manifest: Manifest, found: Survey, qps: float, endpoint: str) -
 
 
 def plan_line(request: Request) -> str:
-    params = " ".join(f"{name}={value}" for name, value in request.params.items())
+    params = " ".join(f"{name}={value}" for name, value in tagged(request.params, request.key).items())
     return f"{request.key}  {request.job}  {params}"
 
 
 def plan_jsonl(requests: Iterable[Request]) -> Iterable[str]:
     for r in requests:
         yield (
-            json.dumps({"job": r.job, "key": r.key, "params": r.params}, ensure_ascii=False, separators=(",", ":"))
+            json.dumps(
+                {"job": r.job, "key": r.key, "params": tagged(r.params, r.key)},
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             + "\n"
         )
 
@@ -182,9 +195,16 @@ def status_text(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _utc(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def report_row(row: Row) -> dict[str, Any]:
-    """One request of `report`, keyed by REPORT_FIELDS."""
-    submitted = None if row.submitted_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.submitted_at))
+    """One request of `report`, keyed by REPORT_FIELDS (and, for JSONL, every snapshot kind)."""
+    submitted = _utc(row.submitted_at)
+    snapshots = json.loads(row.snapshots) if row.snapshots else []
+    # the count and URL template of the snapshots asked for; a sprite is listed in `snapshots` (JSONL)
+    main = next((s for s in snapshots if s.get("type") != "SpriteSnapshot"), snapshots[0] if snapshots else {})
     return {
         "job": row.job,
         "key": row.key,
@@ -197,4 +217,11 @@ def report_row(row: Row) -> dict[str, Any]:
         "error_message": row.error_message,
         "attempts": row.attempts,
         "submitted_at": submitted,
+        "completion": COMPLETION_WORDS[row.completion] if row.status == "submitted" else None,
+        "completed_at": _utc(row.completed_at) if row.completion in ("success", "fail") else None,
+        "completion_code": row.completion_code,
+        "completion_message": row.completion_message,
+        "snapshot_count": main.get("count"),
+        "snapshot_url": main.get("url"),
+        "snapshots": snapshots,
     }

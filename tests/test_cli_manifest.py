@@ -136,7 +136,10 @@ def test_plan_jsonl_is_exactly_what_run_sends(cli: CliRunner) -> None:
         "Height": "720",
         "Interval": "0",
         "SpriteSnapshotConfig": '{"CellHeight":68,"CellWidth":120,"Columns":10,"KeepCellPic":"delete","Lines":10}',
-        "UserData": '{"Extend":{"campaign":"autumn"},"MessageCallback":{"CallbackURL":"https://cb.test/vod"}}',
+        # the request's own key rides in the Extend mapping, so its SnapshotComplete event names it
+        "UserData": '{"Extend":{"campaign":"autumn","snapbatch":"'
+        + catalog["key"]
+        + '"},"MessageCallback":{"CallbackURL":"https://cb.test/vod"}}',
         "Width": "1280",
     }
     partner = [row["params"]["ReferenceId"] for row in rows if row["job"] == "partner-feed"]

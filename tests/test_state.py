@@ -47,10 +47,11 @@ def _model(groups: list[list[tuple[Any, ...]]]) -> dict[str, tuple[str, int, str
             if op[0] == "sending":
                 row[0], row[1] = "sending", row[1] + 1
             elif op[0] == "unsend":
-                row[0], row[1] = op[2], row[1] - 1
+                if row[0] != "submitted":  # a request proven submitted (by an event) is never taken back
+                    row[0], row[1] = op[2], row[1] - 1
             elif op[2].kind == ACCEPTED:
                 row[0], row[2] = "submitted", op[2].job_id
-            else:
+            elif row[0] != "submitted":
                 row[0] = op[3]
     return {k: (v[0], v[1], v[2]) for k, v in rows.items()}
 

@@ -16,11 +16,10 @@ from typing import NamedTuple
 
 from snapbatch.errors import ManifestError, Problem
 from snapbatch.manifest.ids import read_ids
-from snapbatch.models import Job, Manifest, Request
+from snapbatch.models import KEY_CHARS, Job, Manifest, Request
 
 __all__ = ["KEY_CHARS", "Survey", "duplicate_candidates", "expand", "fingerprint", "survey"]
 
-KEY_CHARS = 24
 MAX_DUPLICATE_WARNINGS = 20
 
 

@@ -21,7 +21,7 @@ from snapbatch.errors import ManifestError, Problem, UsageError
 from snapbatch.manifest import located
 from snapbatch.manifest.ids import check_id, read_ids
 from snapbatch.manifest.located import Document, format_path
-from snapbatch.models import DEFAULT_QPS, IdSource, Job, Loc, Manifest, Variant
+from snapbatch.models import DEFAULT_QPS, EXTEND_TAG, KEY_CHARS, IdSource, Job, Loc, Manifest, Variant
 from snapbatch.vod.endpoint import check_url
 
 __all__ = ["MAX_ID_PROBLEMS", "load_manifest", "merge", "schema", "to_wire"]
@@ -419,12 +419,15 @@ class _Checker:
             self.error(base, f"this job's requests{label} need SnapshotTemplateId, or Count and/or Interval")
         extend = params.get("UserData", {}).get("Extend")
         if extend is not None:
-            size = len((extend if isinstance(extend, str) else _compact(extend)).encode())
+            # a mapping also carries snapbatch's request key (models.tagged), which counts against the budget
+            tag = "" if isinstance(extend, str) else f" with snapbatch's request key ({EXTEND_TAG})"
+            sent = extend if isinstance(extend, str) else _compact({**extend, EXTEND_TAG: "0" * KEY_CHARS})
+            size = len(sent.encode())
             if size > EXTEND_MAX_BYTES:
                 good = False
                 self.error(
                     origin("UserData", "Extend"),
-                    f"UserData.Extend is {size} bytes once serialized"
+                    f"UserData.Extend is {size} bytes once serialized{tag}"
                     f"{label}; the service allows at most {EXTEND_MAX_BYTES}",
                 )
         return good

@@ -3,6 +3,11 @@
 WAL mode with synchronous=NORMAL: a committed write survives the process being killed at any instant.
 The intent ("sending") is committed before a call goes out and the outcome right after it returns, so
 after a kill whatever was in flight is found as "sending" and becomes "in_doubt".
+
+The schema lives here and only here. ``PRAGMA user_version`` is its version: 0 is the first release's
+tables (``_SCHEMA``), and ``MIGRATIONS[n]`` takes a file from version n to n + 1, each in one transaction,
+so a state file written by an older snapbatch is upgraded in place when it is opened, and one written by
+a newer snapbatch is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -21,9 +26,18 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from snapbatch.errors import LockedError, StateError
-from snapbatch.models import ACCEPTED, Request
+from snapbatch.models import ACCEPTED, Request, tagged
 
-__all__ = ["STATUSES", "Row", "State", "default_state_path"]
+__all__ = [
+    "COMPLETIONS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Completion",
+    "Row",
+    "State",
+    "default_state_path",
+]
 
 PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
 STATUSES = (PENDING, SENDING, SUBMITTED, "failed", "in_doubt")
@@ -52,6 +66,25 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_status_seq ON requests(status, seq);
 CREATE INDEX IF NOT EXISTS requests_generation_status ON requests(generation, status);
 """
+# What became of a submitted request's job: NULL (nothing heard yet), or one of these.
+PROCESSING, SUCCESS, FAIL = "processing", "success", "fail"
+COMPLETIONS = (PROCESSING, SUCCESS, FAIL)
+
+# MIGRATIONS[n] upgrades a version-n file to n + 1. Append only; never edit a released step.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: what became of each job (SnapshotComplete events and GetJobDetail answers), found by JobId
+    (
+        "ALTER TABLE requests ADD COLUMN completion TEXT",
+        "ALTER TABLE requests ADD COLUMN completed_at REAL",
+        "ALTER TABLE requests ADD COLUMN completion_code TEXT",
+        "ALTER TABLE requests ADD COLUMN completion_message TEXT",
+        "ALTER TABLE requests ADD COLUMN snapshots TEXT",
+        "ALTER TABLE requests ADD COLUMN checked_at REAL",
+        "CREATE INDEX requests_job_id ON requests(job_id) WHERE job_id IS NOT NULL",
+        "CREATE INDEX requests_open_jobs ON requests(status, completion, checked_at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def default_state_path(manifest: Path, batch: str) -> Path:
@@ -74,6 +107,25 @@ class Row:
     error_code: str | None
     error_message: str | None
     submitted_at: float | None
+    completion: str | None = None  # None (nothing heard), "processing", "success" or "fail"
+    completed_at: float | None = None
+    completion_code: str | None = None
+    completion_message: str | None = None
+    snapshots: str | None = None  # JSON: [{"type", "count", "url"}] from the SnapshotComplete event
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What the service said about one job: an event or a GetJobDetail answer. ``key``: the request key
+    the job's UserData.Extend carried, which resolves a request whose answer was lost."""
+
+    job_id: str
+    status: str  # one of COMPLETIONS
+    at: float | None = None  # when the job completed (None while processing)
+    code: str | None = None
+    message: str | None = None
+    snapshots: str | None = None
+    key: str | None = None
 
 
 class State:
@@ -91,7 +143,7 @@ class State:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(_SCHEMA)
+            self._migrate()
             # Reads (progress, status, the next page of work) get a connection of their own: in WAL mode they
             # never wait for the writer, and a long count never holds up an intent before a due call.
             self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -101,6 +153,32 @@ class State:
                 f"cannot open the state file {path}: {exc}; check the path, its permissions, free disk space, "
                 "and that the disk is not read-only"
             ) from None
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one transaction a step; refuse a newer file untouched."""
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise StateError(
+                f"the state file {self.path} has schema version {version}, written by a newer snapbatch (this one "
+                f"knows versions up to {SCHEMA_VERSION}); upgrade snapbatch to use it, and do not open it with this "
+                "version again"
+            )
+        if version == SCHEMA_VERSION and version > 0:
+            return
+        self.db.executescript(_SCHEMA)  # version 0's tables (idempotent), on a new or a first-release file
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                # another process may have upgraded the file while this one waited for the write lock
+                if int(self.db.execute("PRAGMA user_version").fetchone()[0]) < target:
+                    for statement in MIGRATIONS[target - 1]:
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {target}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     # -- locking --------------------------------------------------------------------------------------
 
@@ -292,11 +370,15 @@ class State:
 
     _APPLY_SQL: ClassVar[dict[str, str]] = {
         "sending": "UPDATE requests SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE key = ?",
+        # a new job: whatever was learnt about an earlier one of this request no longer applies
         "submitted": "UPDATE requests SET status = 'submitted', job_id = ?, request_id = ?, error_code = NULL, "
-        "error_message = NULL, submitted_at = ?, updated_at = ? WHERE key = ?",
-        "unsend": "UPDATE requests SET status = ?, attempts = attempts - 1, updated_at = ? WHERE key = ?",
+        "error_message = NULL, submitted_at = ?, updated_at = ?, completion = NULL, completed_at = NULL, "
+        "completion_code = NULL, completion_message = NULL, snapshots = NULL, checked_at = NULL WHERE key = ?",
+        # a request that a SnapshotComplete event proved submitted while its call was in flight stays so
+        "unsend": "UPDATE requests SET status = ?, attempts = attempts - 1, updated_at = ? "
+        "WHERE key = ? AND status != 'submitted'",
         "other": "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, updated_at = ? "
-        "WHERE key = ?",
+        "WHERE key = ? AND status != 'submitted'",
     }
 
     def apply(self, ops: list[tuple[Any, ...]]) -> None:
@@ -331,12 +413,14 @@ class State:
 
     _SELECT = (
         "SELECT r.key, r.seq, r.job, r.template, r.id_kind, r.video, v.params, r.status, r.attempts, "
-        "r.job_id, r.request_id, r.error_code, r.error_message, r.submitted_at "
+        "r.job_id, r.request_id, r.error_code, r.error_message, r.submitted_at, r.completion, r.completed_at, "
+        "r.completion_code, r.completion_message, r.snapshots "
         "FROM requests r JOIN variants v ON v.id = r.variant"
     )
 
     def _row(self, raw: tuple[Any, ...]) -> Row:
-        params = {raw[4]: raw[5], **json.loads(raw[6])}
+        # the parameters exactly as sent: UserData.Extend carries the request key (see models.tagged)
+        params = tagged({raw[4]: raw[5], **json.loads(raw[6])}, raw[0])
         return Row(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], params, *raw[7:])
 
     def pending(self, statuses: tuple[str, ...], after_seq: int, limit: int) -> list[Row]:
@@ -396,3 +480,136 @@ class State:
             return int(
                 self.reader.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0]
             )
+
+    # -- completion -----------------------------------------------------------------------------------
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", list(values.items()))
+
+    _FINAL_SQL = (
+        "UPDATE requests SET completion = ?, completed_at = ?, completion_code = ?, completion_message = ?, "
+        "snapshots = COALESCE(?, snapshots), checked_at = ?, updated_at = ? "
+        # a final state never changes (a redelivered event changes nothing), except that an event's snapshot
+        # details may complete what a GetJobDetail answer said
+        "WHERE job_id = ? AND (completion IS NULL OR completion = 'processing' "
+        "OR (completion = ? AND snapshots IS NULL AND ? IS NOT NULL))"
+    )
+    _PROCESSING_SQL = (
+        "UPDATE requests SET completion = 'processing', checked_at = ? "
+        "WHERE job_id = ? AND (completion IS NULL OR completion = 'processing')"
+    )
+    # An event naming a request whose answer was lost: the job exists, so the request was submitted.
+    _RESOLVE_SQL = (
+        "UPDATE requests SET status = 'submitted', job_id = ?, error_code = NULL, error_message = NULL, "
+        "submitted_at = COALESCE(submitted_at, ?), updated_at = ? "
+        "WHERE key = ? AND job_id IS NULL AND status IN ('in_doubt', 'sending', 'pending', 'failed')"
+    )
+
+    def record_completions(self, items: list[Completion]) -> int:
+        """Record what the service said about jobs, in one transaction; returns how many requests changed.
+        A job is found by its JobId, or (when no request has that JobId yet) by the request key it carried."""
+        if not items:
+            return 0
+        now = self.clock()
+        changed = 0
+        with self._tx() as db:
+            for c in items:
+                if c.key is not None:
+                    changed += db.execute(self._RESOLVE_SQL, (c.job_id, c.at or now, now, c.key)).rowcount
+                if c.status == PROCESSING:
+                    changed += db.execute(self._PROCESSING_SQL, (now, c.job_id)).rowcount
+                else:
+                    changed += db.execute(
+                        self._FINAL_SQL,
+                        (
+                            c.status,
+                            c.at or now,
+                            c.code,
+                            c.message,
+                            c.snapshots,
+                            now,
+                            now,
+                            c.job_id,
+                            c.status,
+                            c.snapshots,
+                        ),
+                    ).rowcount
+        return changed
+
+    def checked(self, job_ids: list[str]) -> None:
+        """Note that these jobs were asked about (the answer said nothing new), so a resumed poll asks
+        the others first."""
+        now = self.clock()
+        with self._tx() as db:
+            db.executemany("UPDATE requests SET checked_at = ? WHERE job_id = ?", [(now, j) for j in job_ids])
+
+    def open_jobs(self, asked_before: float, limit: int) -> list[tuple[str, str]]:
+        """(key, JobId) of submitted requests of this manifest whose job has no final state and that were
+        not asked about since ``asked_before``: never-asked first, then the longest unasked."""
+        generation = int(self.meta("generation") or 0)
+        with self._read_lock:
+            raws = self.reader.execute(
+                "SELECT key, job_id FROM requests WHERE status = 'submitted' AND job_id IS NOT NULL "
+                "AND (completion IS NULL OR completion = 'processing') AND generation = ? "
+                "AND COALESCE(checked_at, 0) < ? ORDER BY checked_at IS NOT NULL, checked_at, seq LIMIT ?",
+                (generation, asked_before, limit),
+            ).fetchall()
+        return [(str(k), str(j)) for k, j in raws]
+
+    def unfinished_jobs_since(self, since: float) -> list[str]:
+        """JobIds submitted since ``since`` still without a final state: the ones whose event may have been
+        seen before their JobId was recorded."""
+        with self._read_lock:
+            return [
+                str(j)
+                for (j,) in self.reader.execute(
+                    "SELECT job_id FROM requests WHERE status = 'submitted' AND submitted_at >= ? AND job_id IS NOT "
+                    "NULL AND (completion IS NULL OR completion = 'processing')",
+                    (since,),
+                ).fetchall()
+            ]
+
+    def reopen_failed_jobs(self) -> int:
+        """Requests whose job failed after submission become pending again, to be sent anew; the failure
+        stays in error_code/error_message until the new job's answer replaces it."""
+        generation = int(self.meta("generation") or 0)
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE requests SET status = 'pending', error_code = COALESCE(completion_code, 'JobFailed'), "
+                "error_message = 'job ' || job_id || ' failed' || COALESCE(': ' || completion_message, ''), "
+                "completion = NULL, completed_at = NULL, completion_code = NULL, completion_message = NULL, "
+                "snapshots = NULL, checked_at = NULL, updated_at = ? "
+                "WHERE status = 'submitted' AND completion = 'fail' AND generation = ?",
+                (self.clock(), generation),
+            ).rowcount
+
+    def completion_counts(self) -> dict[str, Any]:
+        """Submitted requests of this manifest by what became of their job, the latest completion time and
+        the most common failure codes."""
+        generation = int(self.meta("generation") or 0)
+        with self._read_lock:
+            found = dict(
+                self.reader.execute(
+                    "SELECT COALESCE(completion, 'unknown'), COUNT(*) FROM requests WHERE status = 'submitted' "
+                    "AND generation = ? GROUP BY completion",
+                    (generation,),
+                ).fetchall()
+            )
+            latest = self.reader.execute(
+                "SELECT MAX(completed_at) FROM requests WHERE generation = ? AND completion IN ('success', 'fail')",
+                (generation,),
+            ).fetchone()[0]
+            codes = self.reader.execute(
+                "SELECT COALESCE(completion_code, '?'), COUNT(*) FROM requests WHERE status = 'submitted' AND "
+                "completion = 'fail' AND generation = ? GROUP BY completion_code ORDER BY COUNT(*) DESC LIMIT 5",
+                (generation,),
+            ).fetchall()
+        return {
+            "completed": int(found.get(SUCCESS, 0)),
+            "failed": int(found.get(FAIL, 0)),
+            "processing": int(found.get(PROCESSING, 0)),
+            "unknown": int(found.get("unknown", 0)),
+            "last_completed_at": latest,
+            "failure_codes": [(str(c), int(n)) for c, n in codes],
+        }
