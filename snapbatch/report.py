@@ -162,8 +162,10 @@ def status_document(
     rate_per_s: float,
     rate_window_s: float,
     errors: list[tuple[str, int]],
+    completion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`status --json`: counts, who runs it, recent rate (over ``rate_window_s``), ETA, recent errors."""
+    """`status --json`: counts, who runs it, recent rate (over ``rate_window_s``), ETA, recent errors, and
+    what became of the submitted requests' jobs."""
     left = counts["pending"] + counts["in_doubt"] + counts["sending"]
     return {
         "batch": batch,
@@ -173,6 +175,16 @@ def status_document(
         "rate_window_s": round(rate_window_s, 1),
         "eta_s": round(left / rate_per_s) if rate_per_s and holder else None,
         "recent_errors": [{"code": c, "count": n} for c, n in errors],
+        "completion": None
+        if completion is None
+        else {
+            "completed": completion["completed"],
+            "failed": completion["failed"],
+            "processing": completion["processing"],
+            "unknown": completion["unknown"],
+            "last_completed_at": _utc(completion["last_completed_at"]),
+            "failure_codes": [{"code": c, "count": n} for c, n in completion["failure_codes"]],
+        },
     }
 
 
@@ -192,6 +204,24 @@ def status_text(doc: Mapping[str, Any]) -> str:
         lines.append("not running")
     if doc["recent_errors"]:
         lines.append("recent errors: " + ", ".join(f"{e['code']} x{e['count']}" for e in doc["recent_errors"]))
+    done = doc.get("completion")
+    if done and counts["submitted"]:
+        lines.append("jobs of the submitted requests")
+        lines += [
+            f"  {label:<10} {done[name]:>10}"
+            for name, label in (
+                ("completed", "completed"),
+                ("failed", "failed"),
+                ("processing", "processing"),
+                ("unknown", "unknown"),
+            )
+        ]
+        if done["failure_codes"]:
+            lines.append("job failures: " + ", ".join(f"{e['code']} x{e['count']}" for e in done["failure_codes"]))
+        if done["last_completed_at"]:
+            lines.append(f"last completion {done['last_completed_at']}")
+        if done["unknown"] or done["processing"]:
+            lines.append("`snapbatch poll` asks the service about the jobs still open")
     return "\n".join(lines) + "\n"
 
 

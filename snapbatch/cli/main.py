@@ -15,8 +15,9 @@ from typing import TextIO
 import anyio
 
 from snapbatch import __version__
+from snapbatch.cli.completion import AUTH_KEY_VARIABLE, poll_command, receive_command
 from snapbatch.cli.run import EXIT, Out, report_command, resolve_target, run_command, status_command
-from snapbatch.emulator import CREDENTIALS_URI_PATH, Emulator, EmulatorConfig, StsConfig, load_videos
+from snapbatch.emulator import CREDENTIALS_URI_PATH, Callbacks, Emulator, EmulatorConfig, StsConfig, load_videos
 from snapbatch.errors import (
     CredentialsError,
     LockedError,
@@ -32,7 +33,7 @@ from snapbatch.report import plan_jsonl, plan_line, plan_summary
 
 __all__ = ["COMMANDS", "EXIT", "main"]
 
-COMMANDS = ("validate", "plan", "run", "status", "report", "emulator")
+COMMANDS = ("validate", "plan", "run", "status", "report", "receive", "poll", "emulator")
 
 
 EMULATOR_KEY_ID = "emulator-access-key-id"
@@ -45,6 +46,8 @@ commands:
   run        send the batch (resumable; see `snapbatch run --help`)
   status     progress of a batch from its state file
   report     one row per request: CSV or JSONL
+  receive    record SnapshotComplete callbacks: which jobs completed or failed
+  poll       ask GetJobDetail about submitted jobs whose outcome is still unknown
   emulator   serve a local VOD endpoint for trying things out
 
 exit codes: 0 all submitted, 1 some failed, 2 manifest or usage error (nothing sent), 3 state locked by
@@ -130,6 +133,12 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
     p.add_argument("--retry-failed", action="store_true", help="send again what is recorded as failed")
     p.add_argument(
+        "--resubmit-failed-jobs",
+        action="store_true",
+        help="send again the requests whose job failed after it was submitted (event or GetJobDetail said Fail)",
+    )
+    _add_events_arg(p)
+    p.add_argument(
         "--in-doubt",
         choices=("resend", "skip"),
         default="resend",
@@ -155,6 +164,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", type=Path)
     _add_state_arg(p)
     p.add_argument("--emulator", action="store_true", help="the state of `run --emulator` rehearsals")
+    _add_events_arg(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -171,6 +181,58 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("--emulator", action="store_true", help="the state of `run --emulator` rehearsals")
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     p.add_argument("--only", choices=("failed", "in_doubt", "submitted", "pending"))
+    p.add_argument(
+        "--completion",
+        choices=("completed", "failed", "processing", "unknown"),
+        help="only submitted requests whose job is in this state",
+    )
+    _add_events_arg(p)
+
+    p = sub.add_parser(
+        "receive",
+        help="record SnapshotComplete callbacks",
+        formatter_class=fmt,
+        description="Serve HTTP for VOD's SnapshotComplete callbacks and record each event in an event store "
+        "(answering 200 only once it is on disk). run, status, report and poll bring the events into each "
+        "batch's state by JobId, or by the request key snapbatch puts in UserData.Extend. With an auth key "
+        f"(environment {AUTH_KEY_VARIABLE}, or --auth-key-file) it checks X-VOD-TIMESTAMP and X-VOD-SIGNATURE "
+        "against --public-url and answers 403 to anything else. Runs until stopped.",
+        epilog="examples:\n  snapbatch receive --port 8090\n"
+        f"  {AUTH_KEY_VARIABLE}=... snapbatch receive --port 8090 --public-url https://hooks.example.com/vod\n",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: behind a proxy)")
+    p.add_argument("--port", type=int, default=8090, help="port (default 8090; 0 picks a free one)")
+    p.add_argument(
+        "--events", type=Path, metavar="PATH", help="event store to write (default .snapbatch/events.sqlite3 here)"
+    )
+    p.add_argument("--public-url", metavar="URL", help="the callback URL exactly as configured in VOD (signed)")
+    p.add_argument("--auth-key-file", type=Path, metavar="FILE", help="the auth key (a second line: the next key)")
+    p.add_argument(
+        "--max-age", type=_positive_float, default=300.0, metavar="SECONDS", help="oldest X-VOD-TIMESTAMP taken (300)"
+    )
+
+    p = sub.add_parser(
+        "poll",
+        help="ask GetJobDetail about open jobs",
+        formatter_class=fmt,
+        description="Ask GetJobDetail about every submitted request whose job has no final state yet (its "
+        "callback was lost, or none is configured), at most --qps calls a second, and record the answers. "
+        "Resumable. Exit 0: every request's job completed; 1: every job is finished and some failed (or some "
+        "requests were never submitted); 5: jobs still open (without --until-done, or at --timeout).",
+        epilog="examples:\n  snapbatch poll jobs.yaml\n  snapbatch poll jobs.yaml --until-done --timeout 3600",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", type=Path)
+    _add_state_arg(p)
+    _add_events_arg(p)
+    _add_target_args(p)
+    p.add_argument("--profile", help="aliyun CLI profile to take credentials from")
+    p.add_argument("--qps", type=_positive_float, default=10.0, help="GetJobDetail calls per second (default 10)")
+    p.add_argument("--until-done", action="store_true", help="poll again until no job is open")
+    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up after this long (exit 5)")
+    p.add_argument(
+        "--every", type=_positive_float, default=60.0, metavar="SECONDS", help="pause between passes (default 60)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
 
     p = sub.add_parser(
         "emulator",
@@ -221,7 +283,20 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="known videos, `VideoId` or `VideoId,ReferenceId` lines; others get InvalidVideo.NotFound",
     )
     p.add_argument("--log", type=Path, metavar="FILE", help="append every call as a JSON line (no secrets)")
-    p.add_argument("--job-seconds", type=float, default=2.0, help="GetJobDetail says Processing this long (2)")
+    p.add_argument(
+        "--job-seconds", type=float, default=2.0, help="a job is Processing this long, then completes (default 2)"
+    )
+    p.add_argument(
+        "--job-fail", type=_rate, default=0.0, metavar="RATE", help="share of jobs that fail after being accepted"
+    )
+    p.add_argument(
+        "--callback-url", metavar="URL", help="global SnapshotComplete callback URL (a job's own UserData one wins)"
+    )
+    p.add_argument("--callback-auth-key", metavar="KEY", help="sign callbacks with this auth key")
+    p.add_argument("--callback-drop", type=_rate, default=0.0, metavar="RATE", help="share of events lost for good")
+    p.add_argument(
+        "--callback-duplicate", type=_rate, default=0.0, metavar="RATE", help="share of events delivered twice"
+    )
     p.add_argument("--access-key-id", default=EMULATOR_KEY_ID)
     p.add_argument("--access-key-secret", default=EMULATOR_KEY_SECRET)
     p.add_argument("--security-token", help="require this STS token")
@@ -248,6 +323,25 @@ def _fault(text: str) -> tuple[str, float]:
     if not sep or not code or not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not CODE=RATE with RATE between 0 and 1")
     return code, value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1")
+    return value
+
+
+def _add_events_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--events",
+        type=Path,
+        metavar="PATH",
+        help="the event store `snapbatch receive` writes (default .snapbatch/events.sqlite3 beside the manifest)",
+    )
 
 
 def _add_state_arg(p: argparse.ArgumentParser) -> None:
@@ -314,6 +408,10 @@ def main(
             return status_command(args, environ, out)
         if args.command == "report":
             return report_command(args, environ, out)
+        if args.command == "receive":
+            return receive_command(args, environ, out)
+        if args.command == "poll":
+            return poll_command(args, environ, out)
     except ManifestError as exc:
         out.problems(exc.problems)
         return EXIT["usage"]
@@ -429,16 +527,23 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         faults=faults,
         videos=videos,
         job_seconds=args.job_seconds,
+        job_fail_rate=args.job_fail,
+        callback_url=args.callback_url,
+        callback_auth_key=args.callback_auth_key,
+        callback_drop_rate=args.callback_drop,
+        callback_duplicate_rate=args.callback_duplicate,
         seed=args.seed,
         sts=None if args.sts_lifetime is None else StsConfig(lifetime_s=args.sts_lifetime or None),
     )
     tls = _server_tls(args.tls_cert, args.tls_key)
     log = args.log.open("a", encoding="utf-8") if args.log else None
     emulator = Emulator(config, log_file=log)
+    callbacks = Callbacks(emulator)
 
     async def serve() -> None:
         async with anyio.create_task_group() as tg:
             port = await tg.start(partial(emulator.serve, args.host, args.port, ssl_context=tls))
+            tg.start_soon(callbacks.run)
             secret = (
                 ("secret " + EMULATOR_KEY_SECRET)
                 if args.access_key_secret == EMULATOR_KEY_SECRET

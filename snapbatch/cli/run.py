@@ -19,12 +19,14 @@ from typing import Any, TextIO
 import anyio
 from anyio.from_thread import start_blocking_portal
 
+from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig
-from snapbatch.errors import Problem, SnapbatchError, StateError
+from snapbatch.errors import Problem, SnapbatchError, StateError, UsageError
 from snapbatch.manifest.expand import expand, fingerprint
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
 from snapbatch.report import (
+    COMPLETION_WORDS,
     REPORT_FIELDS,
     progress_line,
     report_row,
@@ -42,7 +44,17 @@ from snapbatch.vod.endpoint import resolve_endpoint, resolve_region
 from snapbatch.vod.providers import CredentialsProvider, StaticCredentials
 from snapbatch.vod.signing import Credentials
 
-__all__ = ["EXIT", "Out", "report_command", "resolve_target", "run_command", "status_command"]
+__all__ = [
+    "EXIT",
+    "Out",
+    "absorb_events",
+    "events_path",
+    "open_state",
+    "report_command",
+    "resolve_target",
+    "run_command",
+    "status_command",
+]
 
 EXIT = {"ok": 0, "failed": 1, "usage": 2, "locked": 3, "fatal": 4, "stopped": 5, "state": 6, "interrupted": 130}
 
@@ -57,6 +69,9 @@ _STOPS = {
     "endpoint URL, the network and any proxy or TLS interception",
     "interrupted": "interrupted",
 }
+
+
+_COMPLETION_FILTER = {"completed": "success", "failed": "fail", "processing": "processing", "unknown": None}
 
 
 class Out:
@@ -78,6 +93,26 @@ def _state_path(args: argparse.Namespace, manifest: Manifest) -> Path:
     # A rehearsal on the emulator must never make the real run believe its requests were submitted.
     batch = manifest.batch + (".emulator" if getattr(args, "emulator", False) else "")
     return default_state_path(manifest.path, batch)
+
+
+def events_path(args: argparse.Namespace, manifest: Manifest) -> Path:
+    """The receiver's event store: --events, else .snapbatch/events.sqlite3 beside the manifest."""
+    given = getattr(args, "events", None)
+    return Path(given) if given else default_events_path(manifest.path.parent)
+
+
+def absorb_events(args: argparse.Namespace, manifest: Manifest, state: State) -> int:
+    """Bring the receiver's events into the batch's state, when there is an event store; how many changed."""
+    path = events_path(args, manifest)
+    if not path.exists():
+        if getattr(args, "events", None):
+            raise UsageError(f"no event store at {path}: check --events (the file `snapbatch receive` writes)")
+        return 0
+    store = EventStore(path, create=False)
+    try:
+        return absorb(state, store)
+    finally:
+        store.close()
 
 
 @contextmanager
@@ -135,6 +170,13 @@ def _run(
                 f"{recovered} requests were in flight when the last run stopped; they are in doubt and "
                 + ("will be sent again" if args.in_doubt == "resend" else "are left alone (--in-doubt skip)")
             )
+        # an event naming a request in doubt proves its job exists: it must not be sent again
+        resolved = absorb_events(args, manifest, state)
+        if resolved:
+            out.log(f"{resolved} requests updated from the receiver's events")
+        if getattr(args, "resubmit_failed_jobs", False):
+            reopened = state.reopen_failed_jobs()
+            out.log(f"{reopened} requests whose job failed after submission will be sent again")
         out.log(
             f"batch {manifest.batch}: sending to {endpoint} as {creds.current().access_key_id} ({creds.source}), "
             f"at most {qps:g} calls/s, {concurrency} in flight"
@@ -290,7 +332,7 @@ def _exit_code(result: RunResult, after: dict[str, int]) -> int:
     return EXIT["ok"]
 
 
-def _open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manifest, State]:
+def open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manifest, State]:
     manifest = load_manifest(args.manifest, env, check_ids=False)
     path = _state_path(args, manifest)
     if not path.exists():
@@ -302,9 +344,11 @@ def _open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manif
 
 
 def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
-    manifest, state = _open_state(args, env)
+    manifest, state = open_state(args, env)
     try:
+        absorb_events(args, manifest, state)
         counts = state.counts()
+        completion = state.completion_counts()
         holder = state.holder()
         now = time.time()
         # the rate over the last minute, or since the running batch started if that is more recent
@@ -313,7 +357,7 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
         errors = state.recent_errors(now - 3600)
     finally:
         state.close()
-    doc = status_document(manifest.batch, counts, holder, recent / window, window, errors)
+    doc = status_document(manifest.batch, counts, holder, recent / window, window, errors, completion)
     if args.json:
         print(json.dumps(doc), file=out.stdout)
     else:
@@ -322,9 +366,13 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
 
 
 def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
-    _, state = _open_state(args, env)
+    manifest, state = open_state(args, env)
     try:
+        absorb_events(args, manifest, state)
         rows = (report_row(row) for row in state.rows((args.only,) if args.only else None))
+        wanted = getattr(args, "completion", None)
+        if wanted:
+            rows = (values for values in rows if values["completion"] == COMPLETION_WORDS[_COMPLETION_FILTER[wanted]])
         if args.format == "csv":
             writer = csv.writer(out.stdout, lineterminator="\n")
             writer.writerow(REPORT_FIELDS)

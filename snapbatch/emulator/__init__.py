@@ -3,6 +3,7 @@ stand-in for STS (``sts``) issuing credentials it accepts until they expire. Imp
 ``snapbatch.vod.signing`` from the rest of snapbatch, so it stays faithful to the documented service rather
 than to snapbatch's client."""
 
+from snapbatch.emulator.callbacks import Callbacks, snapshot_event
 from snapbatch.emulator.service import (
     DROP_AFTER,
     DROP_BEFORE,
@@ -19,6 +20,7 @@ __all__ = [
     "CREDENTIALS_URI_PATH",
     "DROP_AFTER",
     "DROP_BEFORE",
+    "Callbacks",
     "Emulator",
     "EmulatorConfig",
     "Reply",
@@ -27,4 +29,5 @@ __all__ = [
     "busiest_window",
     "load_videos",
     "rate_at_server",
+    "snapshot_event",
 ]

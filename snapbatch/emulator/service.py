@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import hmac
 import json
 import random
@@ -102,7 +103,14 @@ class EmulatorConfig:
     path_jitter_ms: float = 0.0
     faults: dict[str, float] = field(default_factory=dict)  # error Code, DROP_BEFORE or DROP_AFTER -> rate
     videos: dict[str, str | None] | None = None  # VideoId -> ReferenceId; None: every video exists
-    job_seconds: float = 2.0  # GetJobDetail says Processing this long, then Success
+    job_seconds: float = 2.0  # a job is Processing this long, then Success (or Fail), and its event is due
+    job_fail_rate: float = 0.0  # share of jobs that fail after they were accepted (asynchronously)
+    # where SnapshotComplete goes when the job's UserData.MessageCallback names no URL (SetMessageCallback)
+    callback_url: str | None = None
+    callback_auth_key: str | None = None  # sign callbacks (X-VOD-TIMESTAMP / X-VOD-SIGNATURE) with this key
+    callback_drop_rate: float = 0.0  # share of events lost for good (as if all 3 tries failed)
+    callback_duplicate_rate: float = 0.0  # share of events delivered twice
+    callback_retry_s: float = 1.0  # pause between the 3 tries of a delivery the receiver did not accept
     seed: int | None = None
     # AccessKeyId -> wall-clock time its STS token expires (InvalidSecurityToken.Expired from then on)
     expiries: dict[str, float] = field(default_factory=dict)
@@ -151,9 +159,12 @@ class Emulator:
         self.log_file = log_file
         self.wall, self.mono = wall, mono
         self.rng = random.Random(config.seed)
+        # jobs' fates draw from their own generator, so adding them left the seeded fault sequence as it was
+        self.fate_rng = random.Random(None if config.seed is None else config.seed + 1)
         self.calls: list[dict[str, Any]] = []
         self.observers: list[Callable[[dict[str, Any]], None]] = []  # told of every call, after it is logged
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.completions: list[tuple[float, str]] = []  # (done_at, JobId): events not yet handed out
         self.windows: dict[tuple[str, str], deque[float]] = {}
         self.nonces: dict[str, float] = {}
         self.nonce_order: deque[tuple[float, str]] = deque()
@@ -238,7 +249,8 @@ class Emulator:
             return Reply(200, self._job_detail(params, request_id, entry["t"]))
         video_id = self._check_submit(params)
         job_id = uuid.uuid4().hex
-        self.jobs[job_id] = {"video": video_id, "created": entry["t"], "params": entry["params"]}
+        self.jobs[job_id] = self._new_job(video_id, entry["t"], entry["params"])
+        heapq.heappush(self.completions, (self.jobs[job_id]["done_at"], job_id))
         entry.update(job_id=job_id, outcome="accepted" if fault is None else DROP_AFTER)
         if fault == DROP_AFTER:
             return Reply(0, {}, drop=True)
@@ -423,6 +435,33 @@ class Emulator:
         self._check_json(params, "UserData", dict, _userdata_ok)
         return video_id
 
+    def _new_job(self, video_id: str, created: float, params: dict[str, str]) -> dict[str, Any]:
+        """A job's whole fate, decided when it is made, so that GetJobDetail and the event agree."""
+        config = self.config
+        user_data = json.loads(params["UserData"]) if "UserData" in params else {}
+        callback = user_data.get("MessageCallback") or {}
+        extend = user_data.get("Extend")
+        fails = self.fate_rng.random() < config.job_fail_rate
+        return {
+            "video": video_id,
+            "created": created,
+            "params": params,
+            "done_at": created + config.job_seconds,
+            "status": "fail" if fails else "success",
+            "callback_url": callback.get("CallbackURL") or config.callback_url,
+            "extend": extend if isinstance(extend, str) or extend is None else _compact(extend),
+            "drop": self.fate_rng.random() < config.callback_drop_rate,
+            "duplicate": self.fate_rng.random() < config.callback_duplicate_rate,
+        }
+
+    def completed(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        """The jobs that completed by ``now`` and whose event was not yet handed out, oldest first."""
+        done = []
+        while self.completions and self.completions[0][0] <= now:
+            job_id = heapq.heappop(self.completions)[1]
+            done.append((job_id, self.jobs[job_id]))
+        return done
+
     @staticmethod
     def _check_json(params: dict[str, str], name: str, kind: type, ok: Callable[[Any], bool]) -> None:
         if name not in params:
@@ -441,15 +480,16 @@ class Emulator:
         job = self.jobs.get(job_id)
         if job is None:
             raise _Error("InvalidParameter", "The specified JobId does not exist.")
-        done = now - job["created"] >= self.config.job_seconds
+        done = now >= job["done_at"]
         detail = {
             "JobId": job_id,
             "VideoId": job["video"],
-            "Status": "Success" if done else "Processing",
-            "CreationTime": _iso(job["created"]),
+            "Status": ("Success" if job["status"] == "success" else "Fail") if done else "Processing",
+            "CreateTime": _iso(job["created"]),
+            "Trigger": "Manual",
         }
         if done:
-            detail["CompleteTime"] = _iso(job["created"] + self.config.job_seconds)
+            detail["CompleteTime"] = _iso(job["done_at"])
         return {"RequestId": request_id, "SnapshotJobDetail": detail}
 
     # -- HTTP -----------------------------------------------------------------------------------------
@@ -562,6 +602,10 @@ async def _send_plain(stream: anyio.abc.ByteStream, status: int, text: str) -> N
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body
         )
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _iso(t: float) -> str:

@@ -266,3 +266,12 @@ class VodClient:
         _, body = await self.call("GetJobDetail", {"JobId": job_id, "JobType": "snapshot"})
         detail = (body or {}).get("SnapshotJobDetail")
         return str(detail.get("Status")) if isinstance(detail, dict) else None
+
+    async def job_detail(self, job_id: str) -> tuple[Outcome, dict[str, Any] | None]:
+        """GetJobDetail for a snapshot job: (accepted, SnapshotJobDetail) when answered, else the error's
+        Outcome (throttled, transient, failed: the service does not know the job, fatal) and None."""
+        outcome, body = await self.call("GetJobDetail", {"JobId": job_id, "JobType": "snapshot"})
+        detail = (body or {}).get("SnapshotJobDetail")
+        if outcome.http_status == 200 and isinstance(detail, dict):
+            return Outcome(ACCEPTED, job_id=job_id, request_id=outcome.request_id, http_status=200), detail
+        return outcome, None

@@ -1,0 +1,160 @@
+"""The command-line side of receive and poll."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+import anyio
+
+from snapbatch.cli.run import EXIT, Out, absorb_events, open_state, resolve_target
+from snapbatch.completion.events import EventStore, default_events_path
+from snapbatch.completion.poller import PollOptions, PollResult, poll_jobs
+from snapbatch.completion.receiver import Receiver, ReceiverConfig
+from snapbatch.errors import UsageError
+from snapbatch.models import Manifest
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.state import State
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.credentials import find_credentials
+from snapbatch.vod.signing import Credentials
+
+__all__ = ["AUTH_KEY_VARIABLE", "poll_command", "receive_command"]
+
+AUTH_KEY_VARIABLE = "SNAPBATCH_CALLBACK_AUTH_KEY"
+
+
+def _auth_keys(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
+    text = env.get(AUTH_KEY_VARIABLE, "")
+    if args.auth_key_file:
+        try:
+            text = Path(args.auth_key_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read --auth-key-file {args.auth_key_file}: {exc.strerror or exc}") from None
+    keys = tuple(k.strip() for k in text.replace(",", "\n").splitlines() if k.strip())
+    if len(keys) > 2:
+        raise UsageError("give at most two auth keys (the current one and the one replacing it)")
+    if keys and not args.public_url:
+        raise UsageError(
+            "an auth key needs --public-url: the callback URL exactly as configured in VOD, which the signature covers"
+        )
+    return keys
+
+
+def receive_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+    keys = _auth_keys(args, env)
+    path = Path(args.events) if args.events else default_events_path(Path.cwd())
+    store = EventStore(path)
+    receiver = Receiver(
+        store, ReceiverConfig(public_url=args.public_url, auth_keys=keys, max_age_s=args.max_age), log=out.log
+    )
+    if not keys and args.host not in ("127.0.0.1", "::1", "localhost"):
+        out.log(
+            f"warning: no auth key ({AUTH_KEY_VARIABLE} or --auth-key-file): anyone who can reach this port can "
+            "record events"
+        )
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(partial(receiver.serve, args.host, args.port))
+            auth = f"checking signatures for {args.public_url}" if keys else "without authentication"
+            print(f"snapbatch receive listening on http://{args.host}:{port}", file=out.stdout, flush=True)
+            out.log(f"recording SnapshotComplete events in {path}, {auth}")
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for signum in received:
+                    out.log(f"{signal.Signals(signum).name}: stopping")
+                    tg.cancel_scope.cancel()
+                    return
+
+    try:
+        anyio.run(serve)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stats = receiver.statistics()
+        out.log(
+            f"{stats.recorded} events recorded, {stats.duplicates} redelivered, {stats.ignored} of other types, "
+            f"{stats.rejected} rejected (403), {stats.malformed} malformed (400)"
+        )
+        store.close()
+    return EXIT["ok"]
+
+
+def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+    manifest, state = open_state(args, env)
+    endpoint = resolve_target(args, manifest, env)
+    creds = find_credentials(env, Path(env.get("HOME", str(Path.home()))), args.profile)
+    options = PollOptions(rate_per_s=args.qps, until_done=args.until_done, timeout_s=args.timeout, every_s=args.every)
+    # No lock: polling only records what the service says about jobs, so it may go on beside a run.
+    try:
+        changed = absorb_events(args, manifest, state)
+        if changed:
+            out.log(f"{changed} requests updated from the receiver's events")
+        result = anyio.run(_poll_async, state, endpoint, creds, options, args, manifest, out)
+        counts, completion = state.counts(), state.completion_counts()
+    finally:
+        state.close()
+    out.log(
+        f"asked about {result.asked} jobs in {result.passes} pass{'es' if result.passes != 1 else ''}: "
+        f"{result.completed} completed, {result.failed} failed, {result.processing} processing, "
+        f"{result.unknown} unknown to the service, {result.errors} errors, {result.throttled} throttled"
+    )
+    out.log(
+        f"batch {manifest.batch}: {completion['completed']} completed, {completion['failed']} failed after submit, "
+        f"{completion['processing']} processing, {completion['unknown']} unknown; "
+        f"{counts['failed']} failed at submit, {counts['in_doubt']} in doubt, {counts['pending']} never sent"
+    )
+    if args.json:
+        poll = {k: v for k, v in vars(result).items() if k != "fatal"}
+        print(json.dumps({"batch": manifest.batch, "poll": poll, "completion": completion}), file=out.stdout)
+    if result.fatal is not None:
+        out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
+        return EXIT["fatal"]
+    if completion["processing"] or completion["unknown"]:
+        if result.timed_out:
+            out.log("--timeout reached with jobs still open; poll again later")
+        return EXIT["stopped"]
+    if completion["failed"] or counts["failed"] or counts["in_doubt"] or counts["pending"] or counts["sending"]:
+        return EXIT["failed"]
+    return EXIT["ok"]
+
+
+async def _poll_async(
+    state: State,
+    endpoint: str,
+    creds: Credentials,
+    options: PollOptions,
+    args: argparse.Namespace,
+    manifest: Manifest,
+    out: Out,
+) -> PollResult:
+    stop = anyio.Event()
+
+    async def signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                out.log(f"{signal.Signals(signum).name}: stopping after the calls in flight")
+                stop.set()
+                return
+
+    async with (
+        VodClient(endpoint, creds, max_connections=options.concurrency) as client,
+        anyio.create_task_group() as tg,
+    ):
+        if threading.current_thread() is threading.main_thread():
+            tg.start_soon(signals)
+        result = await poll_jobs(
+            state,
+            client,
+            Limiter(RateWindow(options.rate_per_s)),
+            options,
+            absorb=lambda: absorb_events(args, manifest, state),
+            stop=stop,
+        )
+        tg.cancel_scope.cancel()
+    return result

@@ -1,0 +1,252 @@
+"""The SnapshotComplete receiver: an HTTP/1.1 server (h11 over anyio) that checks the callback's signature
+and answers 200 only once the event is durably in the event store.
+
+With auth keys it requires X-VOD-TIMESTAMP and X-VOD-SIGNATURE = md5("URL|timestamp|key"), URL being the
+public callback URL configured in VOD (what the service signs, whatever a reverse proxy rewrites on the
+way), the timestamp within ``max_age_s`` of now; anything else gets 403 and a log line. Two keys may be
+given while one replaces the other in the console. Events are committed in groups: every request waiting
+when the writer gets to the store goes into one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import h11
+
+from snapbatch.completion.events import EventRecord, EventStore, parse_event
+from snapbatch.errors import StateError
+
+__all__ = ["Receiver", "ReceiverConfig", "ReceiverStatistics", "callback_signature"]
+
+MAX_BODY_BYTES = 1024 * 1024
+IDLE_S = 30.0  # a connection that sends nothing for this long is closed
+_REASONS = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 405: b"Method Not Allowed", 413: b"Too Large"}
+
+
+def callback_signature(url: str, timestamp: str, key: str) -> str:
+    """X-VOD-SIGNATURE of a callback: md5 of "URL|timestamp|key", in hex."""
+    return hashlib.md5(f"{url}|{timestamp}|{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    public_url: str | None = None  # the CallbackURL configured in VOD; required with auth_keys
+    auth_keys: tuple[str, ...] = ()
+    max_age_s: float = 300.0
+
+
+@dataclass
+class ReceiverStatistics:
+    requests: int = 0
+    recorded: int = 0  # new events in the store
+    duplicates: int = 0  # events already there (a redelivery)
+    ignored: int = 0  # other event types, answered 200 and not recorded
+    rejected: int = 0  # 403
+    malformed: int = 0  # 400
+    commits: int = 0
+
+
+class _Pending:
+    __slots__ = ("done", "error", "records")
+
+    def __init__(self, records: list[EventRecord]) -> None:
+        self.records = records
+        self.done = anyio.Event()
+        self.error: str | None = None
+
+
+class Receiver:
+    def __init__(
+        self,
+        store: EventStore,
+        config: ReceiverConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        if config.auth_keys and not config.public_url:
+            raise ValueError("auth keys need the public callback URL they sign")
+        self.store, self.config, self.clock, self.log = store, config, clock, log
+        self.stats = ReceiverStatistics()
+        self._send, self._receive = anyio.create_memory_object_stream[_Pending](math.inf)
+
+    def statistics(self) -> ReceiverStatistics:
+        return self.stats
+
+    def check(self, headers: dict[str, str]) -> str | None:
+        """Why the callback is not authentic, or None when it is (or no key is configured)."""
+        if not self.config.auth_keys:
+            return None
+        stamp, signature = headers.get("x-vod-timestamp"), headers.get("x-vod-signature")
+        if not stamp or not signature:
+            return "no X-VOD-TIMESTAMP/X-VOD-SIGNATURE (is authentication on in the console?)"
+        try:
+            sent = int(stamp)
+        except ValueError:
+            return "X-VOD-TIMESTAMP is not a Unix time"
+        age = self.clock() - sent
+        if abs(age) > self.config.max_age_s:
+            return f"stale: X-VOD-TIMESTAMP is {age:+.0f} s from now (more than {self.config.max_age_s:g} s)"
+        assert self.config.public_url is not None
+        for key in self.config.auth_keys:
+            if hmac.compare_digest(callback_signature(self.config.public_url, stamp, key), signature.lower()):
+                return None
+        return "wrong X-VOD-SIGNATURE (check --public-url and the auth key against the console's settings)"
+
+    async def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str) -> int:
+        """One request -> the HTTP status to answer."""
+        self.stats.requests += 1
+        if method == "GET" and target.split("?")[0] in ("/health", "/healthz"):
+            return 200
+        if method != "POST":
+            return 405
+        reason = self.check(headers)
+        if reason is not None:
+            self.stats.rejected += 1
+            self.log(f"403 to {peer} for POST {target}: {reason}")
+            return 403
+        records = parse_event(body)
+        if records is None:
+            self.stats.malformed += 1
+            self.log(f"400 to {peer} for POST {target}: the body is not a JSON event")
+            return 400
+        if not records:
+            self.stats.ignored += 1
+            return 200
+        pending = _Pending(records)
+        self._send.send_nowait(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            self.log(f"500 to {peer}: {pending.error}; the service will try again")
+            return 500
+        return 200
+
+    async def write(self) -> None:
+        """The group-commit writer; run it beside ``serve`` (serve starts it)."""
+        async with self._receive:
+            async for first in self._receive:
+                group = [first]
+                while True:
+                    try:
+                        group.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                records = [r for p in group for r in p.records]
+                try:
+                    new = await anyio.to_thread.run_sync(self.store.add, records)
+                except StateError as exc:
+                    for p in group:
+                        p.error = str(exc)
+                        p.done.set()
+                    continue
+                self.stats.commits += 1
+                self.stats.recorded += new
+                self.stats.duplicates += len(records) - new
+                for p in group:
+                    p.done.set()
+
+    # -- HTTP -----------------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; reports the bound port through ``task_status``."""
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+        try:
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(self.write)
+                task_status.started(bound)
+                await listener.serve(self._connection)
+        finally:
+            self._send.close()
+            self._receive.close()
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+            peer = str(address[0]) if isinstance(address, tuple) else str(address)
+        except (OSError, anyio.TypedAttributeLookupError):
+            peer = "?"
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        async with stream:
+            while True:
+                try:
+                    with anyio.fail_after(IDLE_S):
+                        request = await self._read(stream, conn)
+                except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                except h11.RemoteProtocolError:
+                    await self._respond(stream, conn, 400)
+                    return
+                if request is None:
+                    return
+                method, target, headers, body = request
+                status = 413 if body is None else await self.handle(method, target, headers, body, peer)
+                if not await self._respond(stream, conn, status) or conn.our_state is not h11.DONE:
+                    return
+                if conn.their_state is not h11.DONE:
+                    return
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return
+
+    @staticmethod
+    async def _read(
+        stream: anyio.abc.ByteStream, conn: h11.Connection
+    ) -> tuple[str, str, dict[str, str], bytes | None] | None:
+        """The next request (its body None when too large), or None when the client closed."""
+        request: h11.Request | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event: Any = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(65536)
+                except anyio.EndOfStream:
+                    data = b""
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size <= MAX_BODY_BYTES:
+                    chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                headers = {bytes(n).decode("latin-1").lower(): bytes(v).decode("latin-1") for n, v in request.headers}
+                body = b"".join(chunks) if size <= MAX_BODY_BYTES else None
+                return request.method.decode("ascii"), request.target.decode("latin-1"), headers, body
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+
+    @staticmethod
+    async def _respond(stream: anyio.abc.ByteStream, conn: h11.Connection, status: int) -> bool:
+        body = b"ok\n" if status == 200 else _REASONS.get(status, b"Error") + b"\n"
+        headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
+        try:
+            data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")))
+            data = (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            return False
+        try:
+            await stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return False
+        return True
