@@ -68,7 +68,8 @@ def request(n: int, port: int) -> bytes:
     return head.encode() + body
 
 
-async def load(port: int, total: int, connections: int, pid: int) -> list[list[str]]:
+async def load(port: int, total: int, connections: int, pid: int) -> tuple[list[list[str]], list[float]]:
+    latencies: list[float] = []  # seconds from sending an event to its 200 (the service allows 5)
     next_n = 0
     done = 0
     marks: list[list[str]] = []
@@ -83,12 +84,15 @@ async def load(port: int, total: int, connections: int, pid: int) -> list[list[s
             while next_n < total:
                 n = next_n
                 next_n += 1
-                await stream.send(request(n, port))
+                data = request(n, port)
+                sent = time.perf_counter()
+                await stream.send(data)
                 while b"\r\n\r\n" not in buffer or not buffer.split(b"\r\n\r\n", 1)[1].startswith(b"ok\n"):
                     buffer += await stream.receive()
                     if b"\r\n\r\n" in buffer and not buffer.startswith(b"HTTP/1.1 200"):
                         raise SystemExit(f"not 200: {buffer[:80]!r}")
                 buffer = buffer.split(b"ok\n", 1)[1]
+                latencies.append(time.perf_counter() - sent)
                 done += 1
                 if done % step == 0:
                     now = time.perf_counter()
@@ -101,7 +105,7 @@ async def load(port: int, total: int, connections: int, pid: int) -> list[list[s
             tg.start_soon(worker)
     elapsed = time.perf_counter() - started
     marks.append(["total", f"{total / elapsed:,.0f}", f"{rss_mb(pid):.1f}"])
-    return marks
+    return marks, latencies
 
 
 def main() -> None:
@@ -119,7 +123,7 @@ def main() -> None:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().rsplit(":", 1)[1])
         try:
-            marks = anyio.run(load, port, total, connections, proc.pid)
+            marks, latencies = anyio.run(load, port, total, connections, proc.pid)
         finally:
             proc.terminate()
             proc.wait()
@@ -128,6 +132,9 @@ def main() -> None:
             stored = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     print(f"snapbatch receive: {total:,} signed events over {connections} keep-alive connections (200 = on disk)")
     print(table(["events answered", "events/s (this tenth)", "receiver RSS MB"], marks))
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
+    print(f"time to 200: median {pick(0.5):.1f} ms, p99 {pick(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
     print(f"events in the store: {stored:,} of {total:,}")
     if stored != total:
         raise SystemExit("events missing from the store")
