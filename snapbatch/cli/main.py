@@ -565,6 +565,14 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
                     file=out.stdout,
                     flush=True,
                 )
+            if args.callback_url:
+                signed = "signed" if args.callback_auth_key else "unsigned"
+                print(
+                    f"jobs complete after {args.job_seconds:g} s; SnapshotComplete events go to {args.callback_url} "
+                    f"({signed}) unless a job names its own URL",
+                    file=out.stdout,
+                    flush=True,
+                )
 
     try:
         anyio.run(serve)

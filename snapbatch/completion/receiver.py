@@ -29,7 +29,16 @@ __all__ = ["Receiver", "ReceiverConfig", "ReceiverStatistics", "callback_signatu
 
 MAX_BODY_BYTES = 1024 * 1024
 IDLE_S = 30.0  # a connection that sends nothing for this long is closed
-_REASONS = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 405: b"Method Not Allowed", 413: b"Too Large"}
+ANSWER_WITHIN_S = 4.5  # VOD waits 5 s for the 200
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    405: b"Method Not Allowed",
+    413: b"Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
 
 
 def callback_signature(url: str, timestamp: str, key: str) -> str:
@@ -124,7 +133,13 @@ class Receiver:
             return 200
         pending = _Pending(records)
         self._send.send_nowait(pending)
-        await pending.done.wait()
+        with anyio.move_on_after(ANSWER_WITHIN_S):
+            await pending.done.wait()
+        if not pending.done.is_set():
+            # the service counts no answer in 5 s as a failed try anyway; say so, and let it try again (the
+            # event, if it lands after all, makes the retry a harmless duplicate)
+            self.log(f"503 to {peer}: the event store took more than {ANSWER_WITHIN_S:g} s to commit")
+            return 503
         if pending.error is not None:
             self.log(f"500 to {peer}: {pending.error}; the service will try again")
             return 500
