@@ -322,3 +322,18 @@ def test_emulator_job_detail_and_event_agree(tmp_path: Path) -> None:
         store.close()
     assert [{"Success": "success", "Fail": "fail"}[s] for s in after] == [events[j] for j in sorted(r.emulator.jobs)]
     assert after.count("Fail") == sum(j["status"] == "fail" for j in r.emulator.jobs.values())
+
+
+def test_old_events_do_not_mark_a_fresh_batch_submitted(cli: CliRunner, tmp_path: Path) -> None:
+    """The event store outlives a deleted state file: a batch started afresh (same keys) sends every
+    request again instead of taking the old jobs' events, keyed by the same request keys, for its own."""
+    path = manifest(tmp_path, 6)
+    with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=5)) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+        r.complete_all()
+        assert r.store.count() == 6
+        for leftover in (tmp_path / ".snapbatch").glob("t.sqlite3*"):
+            leftover.unlink()
+        again = cli("run", str(path), "--endpoint", r.url, *FAST, "--json", env=ENV)
+        assert again.code == 0 and json.loads(again.out)["submitted"] == 6, again.err
+    assert {row["completion"] for row in _report(cli, path)} == {"unknown"}

@@ -499,12 +499,15 @@ class State:
         "UPDATE requests SET completion = 'processing', checked_at = ? "
         "WHERE job_id = ? AND (completion IS NULL OR completion = 'processing')"
     )
-    # An event naming a request whose answer was lost: the job exists, so the request was submitted.
+    # An event naming a request whose answer was lost: the job exists, so the request was submitted. Only a
+    # request that was sent and whose record is older than the job: the event store outlives state files,
+    # and a batch started afresh (its state file deleted) must not take an old job for its own.
     _RESOLVE_SQL = (
         "UPDATE requests SET status = 'submitted', job_id = ?, error_code = NULL, error_message = NULL, "
         "submitted_at = COALESCE(submitted_at, ?), updated_at = ? "
-        "WHERE key = ? AND job_id IS NULL AND status IN ('in_doubt', 'sending', 'pending', 'failed')"
+        "WHERE key = ? AND job_id IS NULL AND status IN ('in_doubt', 'sending') AND created_at <= ?"
     )
+    _CLOCK_SKEW_S = 300.0  # between VOD's EventTime and this machine's clock
 
     def record_completions(self, items: list[Completion]) -> int:
         """Record what the service said about jobs, in one transaction; returns how many requests changed.
@@ -516,7 +519,10 @@ class State:
         with self._tx() as db:
             for c in items:
                 if c.key is not None:
-                    changed += db.execute(self._RESOLVE_SQL, (c.job_id, c.at or now, now, c.key)).rowcount
+                    at = c.at or now
+                    changed += db.execute(
+                        self._RESOLVE_SQL, (c.job_id, at, now, c.key, at + self._CLOCK_SKEW_S)
+                    ).rowcount
                 if c.status == PROCESSING:
                     changed += db.execute(self._PROCESSING_SQL, (now, c.job_id)).rowcount
                 else:
