@@ -98,6 +98,7 @@ async def load(port: int, total: int, connections: int, pid: int) -> tuple[list[
                     now = time.perf_counter()
                     rate = (done - last_done) / (now - last_t)
                     marks.append([f"{done:,}", f"{rate:,.0f}", f"{rss_mb(pid):.1f}"])
+                    print(f"  {done:,} answered, {rate:,.0f}/s, receiver RSS {marks[-1][2]} MB", flush=True)
                     last_t, last_done = now, done
 
     async with anyio.create_task_group() as tg:

@@ -285,10 +285,14 @@ def test_report_csv(cli: CliRunner, tmp_path: Path) -> None:
         cli("run", str(path), "--endpoint", emu.url, env=ENV)
         jobs = {c["params"]["VideoId"]: c["job_id"] for c in emu.emulator.calls}
     lines = cli("report", str(path)).out.splitlines()
-    assert lines[0] == ("job,key,id_kind,video,status,job_id,request_id,error_code,error_message,attempts,submitted_at")
+    assert lines[0] == (
+        "job,key,id_kind,video,status,job_id,request_id,error_code,error_message,attempts,submitted_at,"
+        "completion,completed_at,completion_code,completion_message,snapshot_count,snapshot_url"
+    )
     rows = [line.split(",") for line in lines[1:]]
     assert [(r[3], r[4], r[5], r[9]) for r in rows] == [(v, "submitted", jobs[v], "1") for v in sorted(jobs)]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r[10]) for r in rows)
+    assert all(r[11] == "unknown" for r in rows)  # no event or GetJobDetail answer yet
 
 
 def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path) -> None:

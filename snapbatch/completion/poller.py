@@ -23,7 +23,7 @@ from snapbatch.run.state import FAIL, PROCESSING, SUCCESS, Completion, State
 
 __all__ = ["DetailSource", "PollOptions", "PollResult", "poll_jobs"]
 
-PAGE = 200
+PAGE = 1000
 _STATUS = {"Success": SUCCESS, "Fail": FAIL, "Processing": PROCESSING}
 
 
