@@ -1,4 +1,5 @@
-"""Every benchmark, one after the other, each printing its table (about 8 minutes on 2 cores).
+"""Every benchmark, one after the other, each printing its table (about 8 minutes on 2 cores, plus about
+10 for the completion and receiver ones).
 
 python bench/all.py
 """
@@ -20,6 +21,8 @@ SCRIPTS = [
     ("kill -9 and 30% faults soak", ["soak.py", "12", "1500"]),
     ("emulator speed", ["emulator_speed.py", "5000"]),
     ("2 minutes with credentials expiring every 20 s, beside a fixed key", ["credentials_refresh.py", "120"]),
+    ("completion: 10,000 videos, failing jobs and lost callbacks", ["completion.py", "10000"]),
+    ("callback receiver: events/s and memory over 1,000,000 events", ["receiver.py", "1000000"]),
 ]
 
 

@@ -114,6 +114,8 @@ class Receiver:
     async def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str) -> int:
         """One request -> the HTTP status to answer."""
         self.stats.requests += 1
+        # behind a reverse proxy the connection comes from the proxy: name the client it names
+        peer = headers.get("x-forwarded-for", peer).split(",")[0].strip() or peer
         if method == "GET" and target.split("?")[0] in ("/health", "/healthz"):
             return 200
         if method != "POST":
