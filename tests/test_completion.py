@@ -337,3 +337,39 @@ def test_old_events_do_not_mark_a_fresh_batch_submitted(cli: CliRunner, tmp_path
         again = cli("run", str(path), "--endpoint", r.url, *FAST, "--json", env=ENV)
         assert again.code == 0 and json.loads(again.out)["submitted"] == 6, again.err
     assert {row["completion"] for row in _report(cli, path)} == {"unknown"}
+
+
+def test_an_interrupted_poll_resumes_with_the_jobs_it_had_not_asked(tmp_path: Path) -> None:
+    """A poll stopped after 5 answers has recorded them; the next poll asks the 7 jobs never asked first,
+    then the 5 again (still processing)."""
+    path = manifest(tmp_path, 12)
+    with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=1000, callback_drop_rate=1.0)) as r:
+        assert _run_quietly(path, r.url) == 0
+        state = State(tmp_path / ".snapbatch" / "t.sqlite3")
+
+        class Counting:
+            def __init__(self, client: VodClient, stop: anyio.Event, after: int) -> None:
+                self.client, self.stop, self.after, self.asked = client, stop, after, []
+
+            async def job_detail(self, job_id: str) -> tuple[Outcome, dict[str, object] | None]:
+                self.asked.append(job_id)
+                answer = await self.client.job_detail(job_id)
+                if len(self.asked) >= self.after:
+                    self.stop.set()
+                return answer
+
+        async def poll(after: int) -> list[str]:
+            stop = anyio.Event()
+            async with VodClient(r.url, Credentials(AK_ID, AK_SECRET, None, "t")) as client:
+                source = Counting(client, stop, after)
+                options = PollOptions(concurrency=1)
+                await poll_jobs(state, source, Limiter(RateWindow(1000)), options, stop=stop)
+                return source.asked
+
+        try:
+            first = anyio.run(poll, 5)
+            second = anyio.run(poll, 100)
+        finally:
+            state.close()
+    assert len(first) == 5 and len(second) == 12
+    assert set(second[:7]).isdisjoint(first) and set(second[7:]) == set(first)

@@ -93,10 +93,12 @@ async def poll_jobs(
             slots = anyio.Semaphore(options.concurrency)
             async with anyio.create_task_group() as tg:
                 for _, job_id in page:
-                    if over():
-                        break
                     await slots.acquire()
-                    await limiter.acquire()
+                    if not over():
+                        await limiter.acquire()
+                    if over():  # checked after the waits too: a stop or the deadline may have come meanwhile
+                        slots.release()
+                        break
                     result.asked += 1
                     tg.start_soon(_ask, source, job_id, answers, slots)
             await anyio.to_thread.run_sync(_record, state, answers, result, limiter)
