@@ -20,9 +20,9 @@ from snapbatch.errors import UsageError
 from snapbatch.models import Manifest
 from snapbatch.run.limiter import Limiter, RateWindow
 from snapbatch.run.state import State
+from snapbatch.vod.chain import find_provider
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.credentials import find_credentials
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.providers import CredentialsProvider
 
 __all__ = ["AUTH_KEY_VARIABLE", "poll_command", "receive_command"]
 
@@ -87,8 +87,13 @@ def receive_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) 
 
 def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest, state = open_state(args, env)
-    endpoint = resolve_target(args, manifest, env)
-    creds = find_credentials(env, Path(env.get("HOME", str(Path.home()))), args.profile)
+    try:
+        endpoint = resolve_target(args, manifest, env)
+        # run's credentials chain (renewed as they expire: a long --until-done outlives an STS token)
+        creds = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
+    except BaseException:
+        state.close()
+        raise
     options = PollOptions(rate_per_s=args.qps, until_done=args.until_done, timeout_s=args.timeout, every_s=args.every)
     # No lock: polling only records what the service says about jobs, so it may go on beside a run.
     try:
@@ -127,7 +132,7 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> 
 async def _poll_async(
     state: State,
     endpoint: str,
-    creds: Credentials,
+    creds: CredentialsProvider,
     options: PollOptions,
     args: argparse.Namespace,
     manifest: Manifest,
