@@ -119,16 +119,9 @@ class Callbacks:
         self, client: httpx.AsyncClient, job_id: str, job: dict[str, Any], slots: anyio.Semaphore
     ) -> None:
         async with slots:
-            url = job["callback_url"]
-            if not url:
-                self.stats.no_url += 1
-                return
-            if job["drop"]:
-                self.stats.dropped += 1
-                return
             body = json.dumps(snapshot_event(job_id, job), separators=(",", ":"), ensure_ascii=False).encode()
             for _ in range(2 if job["duplicate"] else 1):
-                if await self._post(client, url, body):
+                if await self._post(client, job["callback_url"], body):
                     self.stats.delivered += 1
                 else:
                     self.stats.failed += 1
@@ -137,13 +130,22 @@ class Callbacks:
     async def deliver_due(self) -> int:
         """Send the events of every job completed by now; returns how many jobs that was."""
         due = self.emulator.completed(self.emulator.wall())
-        if not due:
-            return 0
-        slots = anyio.Semaphore(self.concurrency)
-        timeout = httpx.Timeout(CALLBACK_TIMEOUT_S)
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client, anyio.create_task_group() as tg:
-            for job_id, job in due:
-                tg.start_soon(self._deliver, client, job_id, job, slots)
+        sending = []
+        for job_id, job in due:
+            if not job["callback_url"]:
+                self.stats.no_url += 1
+            elif job["drop"]:
+                self.stats.dropped += 1
+            else:
+                sending.append((job_id, job))
+        if sending:
+            # one client for the whole backlog, made only when there is something to post: making one costs
+            # an SSL context, which would stall the emulator's event loop on every tick
+            slots = anyio.Semaphore(self.concurrency)
+            timeout = httpx.Timeout(CALLBACK_TIMEOUT_S)
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client, anyio.create_task_group() as tg:
+                for job_id, job in sending:
+                    tg.start_soon(self._deliver, client, job_id, job, slots)
         return len(due)
 
     async def run(self, tick_s: float = 0.2) -> None:
