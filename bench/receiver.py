@@ -38,6 +38,11 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def request(n: int, port: int) -> bytes:
     body = json.dumps(
         {
@@ -125,6 +130,7 @@ def main() -> None:
         port = int(proc.stdout.readline().rsplit(":", 1)[1])
         try:
             marks, latencies = anyio.run(load, port, total, connections, proc.pid)
+            cpu = cpu_s(proc.pid)
         finally:
             proc.terminate()
             proc.wait()
@@ -136,6 +142,7 @@ def main() -> None:
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     print(f"time to 200: median {pick(0.5):.1f} ms, p99 {pick(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    print(f"receiver CPU: {cpu:.1f} s, {cpu / total * 1000:.3f} ms an event (one core: {total / cpu:,.0f} events/s)")
     print(f"events in the store: {stored:,} of {total:,}")
     if stored != total:
         raise SystemExit("events missing from the store")

@@ -58,10 +58,11 @@ class EventRecord:
 def _time(text: Any) -> float | None:
     if not isinstance(text, str):
         return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    try:  # fromisoformat: a tenth of strptime's cost, on the receiver's path for every event
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
         return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _key(extend: Any) -> str | None:
