@@ -148,8 +148,8 @@ def test_events_are_recorded_while_a_run_holds_the_lock(cli: CliRunner, tmp_path
 
 def test_an_event_resolves_a_request_in_doubt_so_it_is_not_sent_again(cli: CliRunner, tmp_path: Path) -> None:
     """Answers lost after the job was made (drop-after) leave the request in doubt with no JobId; the job's
-    event carries the request key in Extend, so the request becomes submitted and completed, and the next
-    run sends nothing."""
+    event carries the request key in Extend (the same on every attempt), so the request becomes submitted
+    and completed, and the next run sends nothing."""
     path = manifest(tmp_path, 1)
     with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=5, faults={DROP_AFTER: 1.0})) as r:
         first = cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV)
@@ -158,6 +158,8 @@ def test_an_event_resolves_a_request_in_doubt_so_it_is_not_sent_again(cli: CliRu
         assert made >= 1
         row = _report(cli, path)[0]
         assert row["status"] == "in_doubt" and row["job_id"] == ""
+        # every attempt carried the same key, so whichever job's event arrives names the request
+        assert {json.loads(job["extend"])["snapbatch"] for job in r.emulator.jobs.values()} == {row["key"]}
         r.emulator.config.faults = {}
         r.complete_all()
         calls = len(r.emulator.calls)
