@@ -375,3 +375,15 @@ def test_an_interrupted_poll_resumes_with_the_jobs_it_had_not_asked(tmp_path: Pa
             state.close()
     assert len(first) == 5 and len(second) == 12
     assert set(second[:7]).isdisjoint(first) and set(second[7:]) == set(first)
+
+
+def test_a_missing_events_store_given_by_name_is_a_usage_error(cli: CliRunner, tmp_path: Path) -> None:
+    """--events naming a file that does not exist is a usage error (exit 2) that says what the file is;
+    without --events, a batch with no event store beside it simply has nothing to absorb."""
+    path = manifest(tmp_path, 2)
+    with rig(tmp_path, EmulatorConfig(qps=1000)) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+    (tmp_path / ".snapbatch" / "events.sqlite3").unlink()
+    r2 = cli("status", str(path), "--events", str(tmp_path / "nope.sqlite3"))
+    assert r2.code == 2 and "snapbatch receive" in r2.err
+    assert cli("status", str(path)).code == 0
