@@ -132,6 +132,46 @@ def test_failed_renewals_keep_the_current_credentials_then_stop_without_secrets(
     assert "SIGNATURE-SHOULD-NOT-SHOW" not in text + " ".join(logged)
 
 
+def test_credentials_already_expired_by_this_clock_do_not_trigger_an_exchange_per_call() -> None:
+    """Credentials that arrive already past their expiry by this machine's clock (it runs ahead of the
+    source's) are used rather than exchanged again at every call or in a loop: at most one exchange a
+    second, and a log line says to check the clock."""
+    clock = [1000.0]
+    fetches: list[float] = []
+    logged: list[str] = []
+    renewed = anyio.Event()
+
+    def fetch() -> tuple[Credentials, float]:
+        fetches.append(clock[0])
+        n = len(fetches)
+        return Credentials(f"STS.{n}", f"secret-{n}", f"token-{n}", "test source"), clock[0] - 5.0
+
+    def log(message: str) -> None:
+        logged.append(message)
+        if message.startswith("credentials renewed"):
+            renewed.set()
+
+    provider = RenewingCredentials(fetch, "test source", wall=lambda: clock[0], log=log)
+    provider.prime()
+
+    async def go() -> list[str]:
+        with anyio.fail_after(30):  # a hang guard only: nothing here waits on real time
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(provider.keep_fresh)
+                await anyio.wait_all_tasks_blocked()
+                seen = [(await provider.usable()).access_key_id for _ in range(5)]
+                assert len(fetches) == 1  # neither the calls nor the background task exchanged again
+                clock[0] += 1.5
+                provider.wake()
+                await renewed.wait()
+                tg.cancel_scope.cancel()
+        return seen
+
+    assert anyio.run(go) == ["STS.1"] * 5
+    assert fetches == [1000.0, 1001.5]
+    assert any("check this machine's clock" in message for message in logged)
+
+
 def test_describe_redacts_urls_and_secret_fields() -> None:
     """Error text from the library loses query strings and the values of secret-named fields."""
     body = '{"AccessKeyId": "STS.x", "AccessKeySecret": "s3cr3t", "SecurityToken": "t0k3n"}'

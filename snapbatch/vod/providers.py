@@ -25,6 +25,9 @@ __all__ = ["CredentialsProvider", "Fetch", "RenewingCredentials", "StaticCredent
 # credentials this close to their expiry (by this machine's clock; a tenth of their life when that is
 # shorter) are not sent: the answer would be InvalidSecurityToken.Expired
 EXPIRY_GUARD_S = 1.0
+# no more than one exchange a second on the source's account of the expiry: credentials that arrive already
+# expired by this machine's clock (it runs ahead) would otherwise be exchanged again at every call
+MIN_RENEW_INTERVAL_S = 1.0
 RENEW_HINT = (
     "for runs longer than a token lives, let snapbatch renew credentials itself: pip install 'snapbatch[aliyun]' "
     "and use a RamRoleArn, EcsRamRole or OIDC source (README: Credentials in production)"
@@ -99,6 +102,8 @@ class RenewingCredentials:
         self._expires_at: float | None = None
         self._guard_s = EXPIRY_GUARD_S
         self._next_at = 0.0
+        self._fetched_at = float("-inf")
+        self._skew_logged = False
         self._failures = 0
         self._last_error = ""
         self._lock = anyio.Lock()
@@ -125,8 +130,11 @@ class RenewingCredentials:
 
     async def usable(self) -> Credentials:
         credentials = self.current()
-        if self._expires_at is None or self._wall() < self._expires_at - self._guard_s:
+        now = self._wall()
+        if self._expires_at is None or now < self._expires_at - self._guard_s:
             return credentials
+        if now - self._fetched_at < MIN_RENEW_INTERVAL_S:
+            return credentials  # just fetched: the service judges them (an expired answer renews)
         await self._renew_from(credentials.security_token)
         renewed = self.current()
         if renewed.security_token == credentials.security_token:
@@ -200,14 +208,24 @@ class RenewingCredentials:
         now = self._wall()
         fresh = self._credentials is None or credentials.security_token != self._credentials.security_token
         self._credentials, self._expires_at = credentials, expires_at
+        self._fetched_at = now
         if expires_at is None:
             self._next_at = float("inf")
-        elif fresh:
+            self._wake.set()
+            return
+        if fresh and expires_at - now <= EXPIRY_GUARD_S and not self._skew_logged:
+            self._skew_logged = True
+            self._log(
+                f"the credentials from {self.source} expire at {_iso(expires_at)}, which is already past or "
+                f"imminent by this machine's clock ({_iso(now)}); check this machine's clock (NTP)"
+            )
+        if fresh:
             self._guard_s = min(EXPIRY_GUARD_S, max(0.0, expires_at - now) / 10)
             self._next_at = now + (expires_at - now) * 2 / 3  # a third of their life left as a margin
         else:  # the source still hands out the same ones (a metadata service rotates late): look again, more
             # often as the expiry nears
             self._next_at = now + max(1.0, min(60.0, (expires_at - now) / 4))
+        self._next_at = max(self._next_at, now + MIN_RENEW_INTERVAL_S)
         self._wake.set()
 
 
