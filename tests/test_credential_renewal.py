@@ -90,7 +90,8 @@ def test_keep_fresh_renews_two_thirds_into_the_life() -> None:
             assert issuer.fetches == 1
             clock[0] = 1000.0 + 20.5
             provider.wake()  # the clock jumped: let the task look again
-            await renewed.wait()
+            with anyio.fail_after(30):  # a hang guard only: a regression fails instead of hanging the suite
+                await renewed.wait()
             tg.cancel_scope.cancel()
         return provider.current().access_key_id
 
@@ -118,7 +119,8 @@ def test_failed_renewals_keep_the_current_credentials_then_stop_without_secrets(
         async with anyio.create_task_group() as tg:
             clock[0] = 1000.0 + 21.0
             tg.start_soon(provider.keep_fresh)
-            await tried.wait()
+            with anyio.fail_after(30):  # a hang guard only
+                await tried.wait()
             tg.cancel_scope.cancel()
         still = (await provider.usable()).access_key_id
         clock[0] = 1000.0 + 31.0
@@ -266,6 +268,34 @@ def test_static_token_that_expires_stops_with_4_and_resumes(cli: CliRunner, tmp_
     assert token not in first.err and "old-secret" not in first.err
     assert second.code == 0, second.err
     assert json.loads(second.out)["submitted"] == 5
+
+
+def test_a_run_renews_ahead_of_expiry_in_the_background(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`snapbatch run` keeps its credentials fresh itself: with credentials two thirds into their life (by an
+    injected clock that then stands still, so no call ever finds them expired and no answer says so), the
+    run's background task exchanges them once and the calls after it are signed with the new key."""
+    clock = [1000.0]
+    fetches: list[str] = []
+
+    def fetch() -> tuple[Credentials, float]:
+        key = f"STS.{len(fetches) + 1}"
+        fetches.append(key)
+        return Credentials(key, f"secret-{key}", f"token-{key}", "test source"), 1000.0 + 30.0
+
+    provider = RenewingCredentials(fetch, "test source", wall=lambda: clock[0])
+    provider.prime()
+    clock[0] = 1000.0 + 21.0  # past two thirds of the life, far from the expiry
+    monkeypatch.setattr("snapbatch.cli.run.find_provider", lambda env, home, profile, log: provider)
+    keys = {key: (f"secret-{key}", f"token-{key}") for key in ("STS.1", "STS.2")}
+    with running(EmulatorConfig(credentials=keys)) as emu:
+        r = cli("run", str(_manifest(tmp_path, 60)), "--endpoint", emu.url, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["submitted"] == 60
+    assert fetches == ["STS.1", "STS.2"] and provider.renewals == 1
+    used = [c["ak"] for c in emu.emulator.calls if c.get("outcome") == "accepted"]
+    assert "STS.2" in used and "InvalidSecurityToken.Expired" not in r.err
 
 
 def test_run_across_many_renewals_loses_nothing(
