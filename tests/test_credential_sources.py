@@ -285,3 +285,22 @@ def test_credentials_ini_role_types(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     ini.write_text("[default]\ntype = ecs_ram_role\nrole_name = vod-role\n")
     [ecs] = chain_sources({}, tmp_path)
     assert (ecs.kind, ecs.options["role_name"]) == ("ecs_ram_role", "vod-role")
+
+
+def test_credentials_file_variable_names_the_ini_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ALIBABA_CLOUD_CREDENTIALS_FILE moves credentials.ini, as the official chain's ProfileCredentialsProvider
+    reads it: with the library and without it, its [default] section is used instead of ~/.alibabacloud's."""
+    elsewhere = tmp_path / "etc" / "aliyun.ini"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("[default]\ntype = access_key\naccess_key_id = from-file\naccess_key_secret = s\n")
+    (tmp_path / ".alibabacloud").mkdir()
+    (tmp_path / ".alibabacloud" / "credentials.ini").write_text(
+        "[default]\naccess_key_id = from-home\naccess_key_secret = s\n"
+    )
+    env = {**NO_ECS, "ALIBABA_CLOUD_CREDENTIALS_FILE": str(elsewhere)}
+    [source] = chain_sources(env, tmp_path)
+    assert source.static is not None and source.static.access_key_id == "from-file"
+    assert source.label == f"{elsewhere} [default]"
+    monkeypatch.setitem(sys.modules, "alibabacloud_credentials", None)
+    monkeypatch.setitem(sys.modules, "alibabacloud_credentials.provider", None)
+    assert find_provider(env, tmp_path).current().access_key_id == "from-file"

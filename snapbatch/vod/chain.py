@@ -1,13 +1,13 @@
 """The official default credentials chain, through the optional ``alibabacloud-credentials`` package.
 
-In the order its DefaultCredentialsProvider uses: the AccessKey in the environment; the OIDC environment
-(ACK RRSA); the aliyun CLI profile (modes AK, StsToken, RamRoleArn, EcsRamRole, OIDC,
-ChainableRamRoleArn); ``~/.alibabacloud/credentials.ini``; the ECS instance's RAM role (unless
+In the order its DefaultCredentialsProvider uses: the AccessKey in the environment; the OIDC environment (ACK
+RRSA); the aliyun CLI profile (modes AK, StsToken, RamRoleArn, EcsRamRole, OIDC, ChainableRamRoleArn);
+``~/.alibabacloud/credentials.ini`` (or ALIBABA_CLOUD_CREDENTIALS_FILE); the ECS instance's RAM role (unless
 ALIBABA_CLOUD_ECS_METADATA_DISABLED=true); ALIBABA_CLOUD_CREDENTIALS_URI. The library performs the token
-exchanges; snapbatch maps the configuration to its providers itself (``chain_sources``, pure: reads files,
-no network), so the environment it is given is the one obeyed and the STS endpoint can be set, and
-renews ahead of expiry (``providers.RenewingCredentials``). Without the package, ``find_credentials``
-(fixed AccessKeys only) decides, and a source that needs an exchange is refused with the install command.
+exchanges; snapbatch maps the configuration to its providers itself (``chain_sources``, pure: reads files, no
+network), so the environment it is given is the one obeyed and the STS endpoint can be set, and renews ahead
+of expiry (``providers.RenewingCredentials``). Without the package, ``find_credentials`` (fixed AccessKeys
+only) decides, and a source that needs an exchange is refused with the install command.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from snapbatch.errors import CredentialsError
-from snapbatch.vod.credentials import _from_cli_config, _from_ini, find_credentials
+from snapbatch.vod.credentials import _from_cli_config, _from_ini, find_credentials, ini_path
 from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials
 from snapbatch.vod.signing import Credentials
 
@@ -140,7 +140,7 @@ def chain_sources(env: Mapping[str, str], home: Path, profile: str | None = None
             return [_static(found)]
     if profile:
         raise CredentialsError(f"no aliyun CLI profile {profile!r} in {cli}")
-    ini = home / ".alibabacloud" / "credentials.ini"
+    ini = ini_path(env, home)
     section = _ini_default(ini)
     if section is not None and section.get("type") in _INI_TYPES:
         return [_from_ini_section(env, ini, section)]

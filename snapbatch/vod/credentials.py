@@ -13,14 +13,14 @@ from pathlib import Path
 from snapbatch.errors import CredentialsError
 from snapbatch.vod.signing import Credentials
 
-__all__ = ["find_credentials"]
+__all__ = ["find_credentials", "ini_path"]
 
 _HOW = (
     "give an AccessKey in one of three ways: (1) ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
     "(and ALIBABA_CLOUD_SECURITY_TOKEN for STS) in the environment; (2) an aliyun CLI profile in "
     "~/.aliyun/config.json (`aliyun configure`, mode AK or StsToken), chosen with --profile, "
     "ALIBABA_CLOUD_PROFILE or its `current`; (3) a [default] section with access_key_id and access_key_secret "
-    "in ~/.alibabacloud/credentials.ini"
+    "in ~/.alibabacloud/credentials.ini (or the file ALIBABA_CLOUD_CREDENTIALS_FILE names)"
 )
 
 
@@ -38,10 +38,16 @@ def find_credentials(env: Mapping[str, str], home: Path, profile: str | None = N
         return found
     if profile:
         raise CredentialsError(f"no aliyun CLI profile {profile!r} in {home / '.aliyun' / 'config.json'}")
-    found = _from_ini(home / ".alibabacloud" / "credentials.ini")
+    found = _from_ini(ini_path(env, home))
     if found is not None:
         return found
     raise CredentialsError(f"no Alibaba Cloud credentials found; {_HOW}")
+
+
+def ini_path(env: Mapping[str, str], home: Path) -> Path:
+    """credentials.ini: ALIBABA_CLOUD_CREDENTIALS_FILE (as the official chain reads it), else ~/.alibabacloud's."""
+    given = env.get("ALIBABA_CLOUD_CREDENTIALS_FILE", "").strip()
+    return Path(given).expanduser() if given else home / ".alibabacloud" / "credentials.ini"
 
 
 def _from_cli_config(path: Path, wanted: str | None) -> Credentials | None:
