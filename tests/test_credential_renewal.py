@@ -180,6 +180,11 @@ def test_describe_redacts_urls_and_secret_fields() -> None:
     text = describe(ValueError(f"GET https://h/?Signature=abc&OIDCToken=t failed; result: {body}"))
     assert "s3cr3t" not in text and "t0k3n" not in text and "abc" not in text
     assert '"AccessKeyId": "STS.x"' in text and "https://h/?…" in text
+    xml = describe(
+        ValueError("result: <AccessKeySecret>xml-s3cr3t</AccessKeySecret><SecurityToken>xml-t0k3n</SecurityToken>")
+    )
+    assert "xml-s3cr3t" not in xml and "xml-t0k3n" not in xml and "<AccessKeySecret>***</AccessKeySecret>" in xml
+    assert "pa55" not in describe(OSError("GET http://user:pa55@127.0.0.1:9/credentials refused"))
 
 
 def test_expired_answer_gets_fresh_credentials_and_goes_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from snapbatch.errors import CredentialsError
 from snapbatch.vod.credentials import _from_cli_config, _from_ini, find_credentials, ini_path
-from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials
+from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials, redact
 from snapbatch.vod.signing import Credentials
 
 __all__ = ["INSTALL", "Source", "chain_sources", "find_provider", "library", "sts_endpoint"]
@@ -340,7 +340,7 @@ def _ecs(env: Mapping[str, str], role_name: str | None, *, where: str = "", prob
 
 
 def _without_query(uri: str) -> str:
-    return uri.split("?", 1)[0]
+    return redact(uri.split("?", 1)[0])  # and without a user:password
 
 
 def _build(lib: ModuleType, source: Source) -> Any:

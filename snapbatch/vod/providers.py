@@ -230,16 +230,17 @@ class RenewingCredentials:
 
 
 _QUERY = re.compile(r"\?[^\s'\"]*")
-_SECRET_FIELD = re.compile(
-    r"""(["']?(?:AccessKeySecret|SecurityToken|Signature|OIDCToken|access_key_secret|sts_token|security_token)"""
-    r"""["']?\s*[:=]\s*)(["']?)[^"'&,\s}]*""",
-    re.IGNORECASE,
-)
+_SECRET_NAMES = "AccessKeySecret|SecurityToken|Signature|OIDCToken|access_key_secret|sts_token|security_token"
+_SECRET_FIELD = re.compile(rf"""(["']?(?:{_SECRET_NAMES})["']?\s*[:=]\s*)(["']?)[^"'&,\s}}]*""", re.IGNORECASE)
+_SECRET_ELEMENT = re.compile(rf"<({_SECRET_NAMES})>[^<]*</\1>", re.IGNORECASE)  # an XML answer quoted whole
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]*@", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` without query strings (the library's errors quote signed URLs) or secret-named fields."""
-    text = _QUERY.sub("?…", text)
+    """``text`` without query strings (the library's errors quote signed URLs), a URL's user:password, or
+    secret-named fields (JSON, key=value or XML)."""
+    text = _USERINFO.sub(r"\1***@", _QUERY.sub("?…", text))
+    text = _SECRET_ELEMENT.sub(lambda m: f"<{m.group(1)}>***</{m.group(1)}>", text)
     return _SECRET_FIELD.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 
