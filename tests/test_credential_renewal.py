@@ -303,6 +303,28 @@ def test_a_run_renews_ahead_of_expiry_in_the_background(
     assert "STS.2" in used and "InvalidSecurityToken.Expired" not in r.err
 
 
+def test_a_run_whose_credentials_run_out_unrenewed_stops_with_4_having_sent_nothing_expired(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Credentials past their expiry (injected clock) whose source now fails: no call goes out with them,
+    the run stops with exit 4 saying they could not be renewed (not that the service answered anything), and
+    every request is still pending for the next run."""
+    clock = [1000.0]
+    issuer = _Issuer(clock)
+    provider = RenewingCredentials(issuer, "test source", wall=lambda: clock[0])
+    provider.prime()
+    issuer.fail = True
+    clock[0] = 1000.0 + 31.0
+    monkeypatch.setattr("snapbatch.cli.run.find_provider", lambda env, home, profile, log: provider)
+    with running(EmulatorConfig(credentials={"STS.1": ("secret-1", "token-1")})) as emu:
+        r = cli("run", str(_manifest(tmp_path, 5)), "--endpoint", emu.url, "--json")
+    assert r.code == 4, r.err
+    assert "stopped: the credentials from test source expired at 1970-01-01T00:17:10Z and could not be" in r.err
+    assert "the service answered" not in r.err and "SIGNATURE-SHOULD-NOT-SHOW" not in r.err
+    assert [c for c in emu.emulator.calls if c.get("action") == "SubmitSnapshotJob"] == []
+    assert json.loads(r.out)["submitted"] == 0
+
+
 def test_run_across_many_renewals_loses_nothing(
     cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -205,7 +205,9 @@ def _run(
     finally:
         state.close()
     summary = run_summary(manifest.batch, after, result)
-    if result.fatal is not None:
+    if result.fatal is not None and result.fatal.http_status is None:  # decided here: nothing was sent
+        out.log(f"stopped: {result.fatal.message}")
+    elif result.fatal is not None:
         out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
     elif result.stop_reason:
         last = result.last_error

@@ -222,8 +222,8 @@ class VodClient:
         """One attempt; the Outcome and, when the answer was JSON, the parsed body."""
         try:
             response = await self._http.send(self.request(action, params))
-        except CredentialsError as exc:  # expired, and no fresh ones could be had: nothing was sent
-            return Outcome(FATAL, code="InvalidSecurityToken.Expired", message=str(exc)), None
+        except CredentialsError as exc:  # expired, and no fresh ones could be had: nothing was sent, no code
+            return Outcome(FATAL, code=None, message=str(exc)), None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(TRANSIENT, code=None, message=f"{type(exc).__name__}: {exc}"), None
         except httpx.TransportError as exc:  # sent, or partly sent, and no answer: a job may exist
