@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 
 from snapbatch.cli.main import main
 from snapbatch.completion.events import EventStore, absorb, parse_event
@@ -22,6 +23,7 @@ from snapbatch.models import Outcome, Request
 from snapbatch.run.limiter import Limiter, RateWindow
 from snapbatch.run.state import State
 from snapbatch.vod.client import VodClient
+from snapbatch.vod.providers import RenewingCredentials
 from snapbatch.vod.signing import Credentials
 from tests.completion_rig import AUTH_KEY, ENV, manifest, rig
 from tests.conftest import CliRunner
@@ -387,3 +389,32 @@ def test_a_missing_events_store_given_by_name_is_a_usage_error(cli: CliRunner, t
     r2 = cli("status", str(path), "--events", str(tmp_path / "nope.sqlite3"))
     assert r2.code == 2 and "snapbatch receive" in r2.err
     assert cli("status", str(path)).code == 0
+
+
+def test_poll_renews_credentials_ahead_of_expiry_in_the_background(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`snapbatch poll` keeps its credentials fresh like run does: with credentials two thirds into their life
+    (by an injected clock that then stands still, so no call finds them expired), its background task
+    exchanges them once and later GetJobDetail calls are signed with the new key."""
+    clock = [1000.0]
+    fetches: list[str] = []
+
+    def fetch() -> tuple[Credentials, float]:
+        key = f"STS.{len(fetches) + 1}"
+        fetches.append(key)
+        return Credentials(key, f"secret-{key}", f"token-{key}", "test source"), 1000.0 + 30.0
+
+    provider = RenewingCredentials(fetch, "test source", wall=lambda: clock[0])
+    provider.prime()
+    clock[0] = 1000.0 + 21.0  # past two thirds of the life, far from the expiry
+    path = manifest(tmp_path, 60)
+    with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=600, callback_drop_rate=1.0)) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+        r.emulator.config.credentials.update({k: (f"secret-{k}", f"token-{k}") for k in ("STS.1", "STS.2")})
+        monkeypatch.setattr("snapbatch.cli.completion.find_provider", lambda env, home, profile, log: provider)
+        polled = cli("poll", str(path), "--endpoint", r.url, "--qps", "30", "--json", env=ENV)
+        keys = [c.get("ak") for c in r.emulator.calls if c.get("action") == "GetJobDetail"]
+    assert polled.code == 5, polled.err  # the jobs are still processing
+    assert json.loads(polled.out)["poll"]["asked"] == 60
+    assert fetches == ["STS.1", "STS.2"] and provider.renewals == 1 and "STS.2" in keys

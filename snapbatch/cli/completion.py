@@ -118,7 +118,10 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> 
         poll = {k: v for k, v in vars(result).items() if k != "fatal"}
         print(json.dumps({"batch": manifest.batch, "poll": poll, "completion": completion}), file=out.stdout)
     if result.fatal is not None:
-        out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
+        if result.fatal.http_status is None:  # decided here (credentials ran out unrenewed): nothing was sent
+            out.log(f"stopped: {result.fatal.message}")
+        else:
+            out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
         return EXIT["fatal"]
     if completion["processing"] or completion["unknown"]:
         if result.timed_out:
@@ -153,6 +156,7 @@ async def _poll_async(
     ):
         if threading.current_thread() is threading.main_thread():
             tg.start_soon(signals)
+        tg.start_soon(creds.keep_fresh)  # renews STS credentials ahead of expiry, off the calls' path
         result = await poll_jobs(
             state,
             client,
