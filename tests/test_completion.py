@@ -418,3 +418,5 @@ def test_poll_renews_credentials_ahead_of_expiry_in_the_background(
     assert polled.code == 5, polled.err  # the jobs are still processing
     assert json.loads(polled.out)["poll"]["asked"] == 60
     assert fetches == ["STS.1", "STS.2"] and provider.renewals == 1 and "STS.2" in keys
+    assert "as STS.1 (test source)" in polled.err  # the log names the source, never the secret
+    assert "secret-STS" not in polled.err and "token-STS" not in polled.err

@@ -97,6 +97,7 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> 
     options = PollOptions(rate_per_s=args.qps, until_done=args.until_done, timeout_s=args.timeout, every_s=args.every)
     # No lock: polling only records what the service says about jobs, so it may go on beside a run.
     try:
+        out.log(f"batch {manifest.batch}: asking {endpoint} as {creds.current().access_key_id} ({creds.source})")
         changed = absorb_events(args, manifest, state)
         if changed:
             out.log(f"{changed} requests updated from the receiver's events")
