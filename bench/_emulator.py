@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
-from snapbatch.emulator import busiest_window
+from snapbatch.emulator import EmulatorProcess, busiest_window, emulator_process
 
 KEY_ID, KEY_SECRET = EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
 BASELINES = Path(__file__).parent / "baselines.py"
@@ -29,30 +26,11 @@ def baseline(kind: str, url: str, qps: float, workers: int, ids: Path) -> list[s
     return [sys.executable, str(BASELINES), kind, url, KEY_ID, KEY_SECRET, f"{qps:g}", str(workers), str(ids)]
 
 
-@dataclass
-class Served:
-    url: str
-    log: Path
-
-    def calls(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-
 @contextmanager
-def emulator(workdir: Path, *args: str) -> Iterator[Served]:
-    log = workdir / f"calls-{len(list(workdir.glob('calls-*')))}.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapbatch", "emulator", "--log", str(log), *args], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().split()[-1]
-    proc.stdout.readline()
-    try:
-        yield Served(url, log)
-    finally:
-        proc.terminate()
-        proc.wait()
-        proc.stdout.close()
+def emulator(workdir: Path, *args: str) -> Iterator[EmulatorProcess]:
+    """`snapbatch emulator ARGS` in a process of its own, logging to a fresh file under ``workdir``."""
+    with emulator_process(workdir / f"calls-{len(list(workdir.glob('calls-*')))}.jsonl", *args) as served:
+        yield served
 
 
 def server_view(calls: list[dict[str, Any]]) -> dict[str, float]:

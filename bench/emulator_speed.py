@@ -7,7 +7,6 @@ client (16 in flight, limit lifted) and divide calls by the emulator's own CPU s
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,42 +17,41 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import table
 
 from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.emulator import emulator_process
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.credentials import Credentials
+
+
+def _cpu_s(pid: int) -> float:
+    """The CPU seconds (user and system) process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(url: str, calls: int) -> float:
+    async with VodClient(url, Credentials(EMULATOR_KEY_ID, EMULATOR_KEY_SECRET), max_connections=16) as client:
+        gate = anyio.Semaphore(16)
+
+        async def one() -> None:
+            async with gate:
+                outcome = await client.submit({"VideoId": "v", "Count": "1"})
+                assert outcome.kind == "accepted", outcome
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(calls):
+                tg.start_soon(one)
+        return time.perf_counter() - start
 
 
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().split()[-1]
-    proc.stdout.readline()
-    with open(f"/proc/{proc.pid}/stat") as f:
-        fields = f.read().split()
-    idle_cpu = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    with emulator_process(None, "--qps", "1000000") as served:
+        idle_cpu = _cpu_s(served.process.pid)
+        wall = anyio.run(_drive, served.url, calls)
+        cpu = _cpu_s(served.process.pid) - idle_cpu
 
-    async def drive() -> float:
-        async with VodClient(url, Credentials(EMULATOR_KEY_ID, EMULATOR_KEY_SECRET), max_connections=16) as client:
-            gate = anyio.Semaphore(16)
-
-            async def one() -> None:
-                async with gate:
-                    outcome = await client.submit({"VideoId": "v", "Count": "1"})
-                    assert outcome.kind == "accepted", outcome
-
-            start = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for _ in range(calls):
-                    tg.start_soon(one)
-            return time.perf_counter() - start
-
-    wall = anyio.run(drive)
-    proc.send_signal(2)
-    _, _, usage = os.wait4(proc.pid, 0)
-    proc.stdout.close()
-    cpu = usage.ru_utime + usage.ru_stime - idle_cpu
     print(
         table(
             [

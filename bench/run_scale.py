@@ -23,23 +23,12 @@ from _measure import table
 from plan_scale import write_ids
 
 from snapbatch.cli.main import EMULATOR_KEY_ID, EMULATOR_KEY_SECRET
+from snapbatch.emulator import emulator_process
 from snapbatch.manifest.expand import expand, fingerprint
 from snapbatch.manifest.load import load_manifest
 from snapbatch.run.state import State
 
 N = 1_000_000
-
-
-def emulator(log: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapbatch", "emulator", "--qps", "1000000", "--log", str(log)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().split()[-1]
-    proc.stdout.readline()
-    return proc, url
 
 
 def timed_run(manifest: Path, url: str, log: Path, *extra: str) -> tuple[float, float, float, dict[str, object]]:
@@ -73,8 +62,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         log = root / "calls.jsonl"
-        proc, url = emulator(log)
-        try:
+        with emulator_process(log, "--qps", "1000000") as served:
+            url = served.url
             for n in (200_000, N):
                 write_ids(root / f"ids-{n}.txt", n)
                 manifest = root / f"m-{n}.yaml"
@@ -103,11 +92,6 @@ def main() -> None:
             rows.append(
                 ["resume, 999,000 of 1M done (finishes the last 1,000)", f"{first:.1f}", f"{wall:.1f}", f"{rss:.0f}"]
             )
-        finally:
-            proc.terminate()
-            proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
     print(table(["case", "s to first call", "wall s", "peak RSS MiB"], rows))
 
 

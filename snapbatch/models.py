@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +21,9 @@ __all__ = [
     "Loc",
     "Manifest",
     "Outcome",
+    "OutcomeKind",
     "Request",
+    "RequestStatus",
     "Variant",
     "tagged",
 ]
@@ -96,35 +99,88 @@ class Request(NamedTuple):  # a tuple: cheap to make a million of
     params: dict[str, str]
 
 
-# Outcome kinds. "accepted" made a job; "throttled" and "transient" certainly made none and may be retried;
-# "in_doubt" may have made one (the answer was lost); "failed" is this request's fault; "fatal" is the
-# account's or the credentials' and stops the run. "expired": the STS token had run out and fresh credentials
-# are at hand: certainly no job, and not the service failing, so it goes again at once.
-ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL, EXPIRED = (
-    "accepted",
-    "throttled",
-    "transient",
-    "in_doubt",
-    "failed",
-    "fatal",
-    "expired",
-)
+class RequestStatus(StrEnum):
+    """Where a request stands in the state file (the values are stored there and printed in reports)."""
+
+    PENDING = "pending"  # not sent yet, or sent and certainly not made into a job: send it
+    SENDING = "sending"  # its intent is committed and the call may be out; after a crash: in doubt
+    SUBMITTED = "submitted"  # the service made its job
+    FAILED = "failed"  # the service refused it for a reason of its own (sent again only with --retry-failed)
+    IN_DOUBT = "in_doubt"  # the answer was lost: a job may exist (sent again unless --in-doubt skip)
+
+
+class OutcomeKind(StrEnum):
+    """What one attempt came to. Its properties are the whole rule of what the run does with it: whether
+    to send again, whether it proves the credentials work, whether it counts toward an outage, and the
+    status it leaves the request in. vod.client.classify decides the kind of an answer."""
+
+    ACCEPTED = "accepted"  # a job was made
+    THROTTLED = "throttled"  # over the quota: certainly no job
+    TRANSIENT = "transient"  # the service failed (5xx) or could not be reached: certainly no job
+    IN_DOUBT = "in_doubt"  # the answer was lost: a job may exist
+    FAILED = "failed"  # this request's own fault (an unknown video, a bad parameter)
+    FATAL = "fatal"  # the account's or the credentials' fault: no job, and the run stops
+    # the STS token had run out and fresh credentials are at hand: certainly no job, and not the service
+    # failing, so it goes again at once
+    EXPIRED = "expired"
+
+    @property
+    def retryable(self) -> bool:
+        """Sending the request again may succeed (and, at worst, duplicates a job for IN_DOUBT)."""
+        return self in _RETRYABLE
+
+    @property
+    def backs_off(self) -> bool:
+        """A retry waits a backoff first (the service is struggling or busy); False: it goes again at once
+        (paced by the limiter all the same)."""
+        return self in _BACKING_OFF
+
+    @property
+    def proves_credentials(self) -> bool:
+        """The service checked the signature and answered about the request itself."""
+        return self in _PROVING
+
+    @property
+    def counts_toward_outage(self) -> bool:
+        """A failure of the service or the path to it, not an answer about the request."""
+        return self in _OUTAGE
+
+    @property
+    def status(self) -> RequestStatus:
+        """The status the request takes after this outcome."""
+        return _STATUS_AFTER.get(self, RequestStatus.PENDING)
+
+
+_BACKING_OFF = frozenset({OutcomeKind.THROTTLED, OutcomeKind.TRANSIENT, OutcomeKind.IN_DOUBT})
+_RETRYABLE = _BACKING_OFF | {OutcomeKind.EXPIRED}
+_PROVING = frozenset({OutcomeKind.ACCEPTED, OutcomeKind.FAILED, OutcomeKind.THROTTLED})
+_OUTAGE = frozenset({OutcomeKind.TRANSIENT, OutcomeKind.IN_DOUBT})
+_STATUS_AFTER = {
+    OutcomeKind.ACCEPTED: RequestStatus.SUBMITTED,
+    OutcomeKind.FAILED: RequestStatus.FAILED,
+    OutcomeKind.IN_DOUBT: RequestStatus.IN_DOUBT,
+}
+
+# Shorthands for the kinds, as the classifier and the tests write them.
+ACCEPTED = OutcomeKind.ACCEPTED
+THROTTLED = OutcomeKind.THROTTLED
+TRANSIENT = OutcomeKind.TRANSIENT
+IN_DOUBT = OutcomeKind.IN_DOUBT
+FAILED = OutcomeKind.FAILED
+FATAL = OutcomeKind.FATAL
+EXPIRED = OutcomeKind.EXPIRED
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One attempt's result, classified by the service's error Code (HTTP status only as a fallback)."""
 
-    kind: str
+    kind: OutcomeKind
     job_id: str | None = None
     request_id: str | None = None
     code: str | None = None
     message: str | None = None
     http_status: int | None = None
-
-    @property
-    def retryable(self) -> bool:
-        return self.kind in (THROTTLED, TRANSIENT, IN_DOUBT, EXPIRED)
 
 
 def tagged(params: Mapping[str, str], key: str) -> dict[str, str]:

@@ -8,22 +8,33 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from snapbatch.manifest.expand import Survey
-from snapbatch.models import Manifest, Request, tagged
-from snapbatch.run.runner import RunResult
+from snapbatch.models import Manifest, Outcome, OutcomeKind, Request, RequestStatus, tagged
+from snapbatch.run.runner import RunResult, StopReason
+from snapbatch.run.session import Progress
 from snapbatch.run.state import Row
+from snapbatch.vod.api import TIMESTAMP_FORMAT
 
 __all__ = [
     "COMPLETION_WORDS",
     "REPORT_FIELDS",
+    "absorbed_line",
     "duration",
+    "error_label",
+    "ingested_line",
     "plan_jsonl",
     "plan_line",
     "plan_summary",
     "progress_line",
+    "proxy_line",
+    "recovered_line",
+    "reopened_line",
     "report_row",
     "run_summary",
+    "signal_line",
+    "start_line",
     "status_document",
     "status_text",
+    "stop_lines",
     "summary_line",
 ]
 
@@ -48,7 +59,17 @@ REPORT_FIELDS = (
 )
 # what became of a submitted request's job, as `status` and `report` say it
 COMPLETION_WORDS = {None: "unknown", "processing": "processing", "success": "completed", "fail": "failed"}
-_STATUSES = ("pending", "sending", "submitted", "failed", "in_doubt")
+_STOPS = {
+    StopReason.MAX_REQUESTS: "--max-requests reached",
+    StopReason.MAX_DURATION: "--max-duration reached",
+    StopReason.RETRY_BUDGET: "the run's retry budget is spent (the service keeps failing or throttling)",
+    StopReason.OUTAGE: "the service looks down (many answers in a row were 5xx or lost)",
+    StopReason.UNREACHABLE: "the endpoint never answered (the first calls could not connect or got no answer): "
+    "check the endpoint URL, the network and any proxy or TLS interception",
+    StopReason.INTERRUPTED: "interrupted",
+}
+# the stops after which the last error says what went wrong
+_STOPS_WITH_DETAIL = (StopReason.OUTAGE, StopReason.UNREACHABLE, StopReason.RETRY_BUDGET)
 
 
 def duration(seconds: float) -> str:
@@ -106,33 +127,89 @@ def plan_jsonl(requests: Iterable[Request]) -> Iterable[str]:
         )
 
 
-def progress_line(
-    counts: Mapping[str, int],
-    events: Mapping[str, int],
-    elapsed_s: float,
-    resend_in_doubt: bool,
-    *,
-    ingesting: bool,
-    last_error: str | None = None,
-) -> str:
+def error_label(outcome: Outcome) -> str:
+    """An error in a word or two: its Code, or what happened when there is none."""
+    if outcome.code:
+        return outcome.code
+    return "no answer" if outcome.kind == OutcomeKind.IN_DOUBT else "no connection"
+
+
+def progress_line(progress: Progress) -> str:
     """done/total, rate, ETA, throttled, failures, and 5xx or lost answers (with the latest one's code)."""
-    rate = events["submitted"] / elapsed_s if elapsed_s > 0 else 0.0
-    total = sum(counts[k] for k in _STATUSES)
-    left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if resend_in_doubt else 0)
+    counts, tally, elapsed_s = progress.counts, progress.tally, progress.elapsed_s
+    rate = tally.submitted / elapsed_s if elapsed_s > 0 else 0.0
+    total = sum(counts[k] for k in RequestStatus)
+    left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if progress.resend_in_doubt else 0)
     eta = duration(left / rate) if rate else "?"
+    latest = f" (latest {error_label(tally.last_error)})" if tally.last_error is not None else ""
     return (
-        f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {events['throttled']}, "
-        f"failed {events['failed']}"
-        + (f", errors {events['errors']} (latest {last_error})" if events.get("errors") else "")
-        + (" (still reading the manifest)" if ingesting else "")
+        f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {tally.throttled}, "
+        f"failed {tally.failed}"
+        + (f", errors {tally.errors}{latest}" if tally.errors else "")
+        + (" (still reading the manifest)" if progress.ingesting else "")
     )
+
+
+def proxy_line() -> str:
+    return "a proxy is configured in the environment; calls go through it"
+
+
+def recovered_line(count: int, resend_in_doubt: bool) -> str:
+    """What became of the calls a killed run left in flight."""
+    return f"{count} requests were in flight when the last run stopped; they are in doubt and " + (
+        "will be sent again" if resend_in_doubt else "are left alone (--in-doubt skip)"
+    )
+
+
+def start_line(batch: str, endpoint: str, key_id: str, source: str, qps: float, concurrency: int) -> str:
+    return (
+        f"batch {batch}: sending to {endpoint} as {key_id} ({source}), at most {qps:g} calls/s, {concurrency} in flight"
+    )
+
+
+def ingested_line(total: int, new: int) -> str:
+    return f"{total} requests in the manifest, {new} new to the state file"
+
+
+def absorbed_line(count: int) -> str:
+    return f"{count} requests updated from the receiver's events"
+
+
+def reopened_line(count: int) -> str:
+    return f"{count} requests whose job failed after submission will be sent again"
+
+
+def signal_line(name: str) -> str:
+    return f"{name}: starting no new calls, waiting for those in flight"
+
+
+def stop_lines(result: RunResult, max_attempts: int) -> list[str]:
+    """Why the run stopped early, and what it gave up on, for the log."""
+    lines = []
+    if result.fatal is not None and result.fatal.http_status is None:  # decided here: nothing was sent
+        lines.append(f"stopped: {result.fatal.message}")
+    elif result.fatal is not None:
+        lines.append(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
+    elif result.stop_reason is not None:
+        last = result.last_error
+        detail = ""
+        if last is not None and result.stop_reason in _STOPS_WITH_DETAIL:
+            detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
+        reason = _STOPS.get(result.stop_reason, result.stop_reason)
+        lines.append(f"stopped: {reason}{detail}; the state is saved, run again to continue")
+    if result.gave_up:
+        lines.append(
+            f"{result.gave_up} requests got no definite answer in {max_attempts} attempts; they stay pending or in "
+            "doubt, with their last error in `snapbatch report`; run again to retry them"
+        )
+    return lines
 
 
 def run_summary(batch: str, after: Mapping[str, int], result: RunResult) -> dict[str, Any]:
     """The --json document of a run."""
     return {
         "batch": batch,
-        "total": sum(after[s] for s in _STATUSES),
+        "total": sum(after[s] for s in RequestStatus),
         "submitted": result.submitted,
         "skipped": after["submitted"] - result.submitted,
         "failed": after["failed"],
@@ -226,7 +303,7 @@ def status_text(doc: Mapping[str, Any]) -> str:
 
 
 def _utc(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return None if t is None else time.strftime(TIMESTAMP_FORMAT, time.gmtime(t))
 
 
 def report_row(row: Row) -> dict[str, Any]:

@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from snapbatch.completion.events import EventStore
 from snapbatch.completion.receiver import Receiver, ReceiverConfig
-from snapbatch.emulator import Callbacks, Emulator, EmulatorConfig
+from snapbatch.emulator import Callbacks, Emulator, EmulatorConfig, serve
 from tests.emulated import AK_ID, AK_SECRET
 
 ENV = {"ALIBABA_CLOUD_ACCESS_KEY_ID": AK_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": AK_SECRET, "HOME": "/nonexistent"}
@@ -76,7 +77,7 @@ def rig(tmp: Path, config: EmulatorConfig | None = None, *, auth: bool = True) -
             config.callback_auth_key = AUTH_KEY
         if config.callback_url is None:
             config.callback_url = receiver_url
-        emulator_future, port = portal.start_task(emulator.serve)
+        emulator_future, port = portal.start_task(partial(serve, emulator))
         try:
             yield Rig(
                 emulator,

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from snapbatch.cli.main import main
+from snapbatch.run.runner import set_testing
 
 ROOT = Path(__file__).parent.parent
 
@@ -16,6 +17,14 @@ ROOT = Path(__file__).parent.parent
 # metadata address unless told not to, and a proxy from the environment must not carry loopback calls.
 os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_backoff() -> Iterator[None]:
+    """No test sits through real retry backoff (a test of backoff itself turns test mode off)."""
+    set_testing(True)
+    yield
+    set_testing(False)
 
 
 @dataclass

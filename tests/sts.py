@@ -17,7 +17,7 @@ import pytest
 import trustme
 from anyio.from_thread import start_blocking_portal
 
-from snapbatch.emulator import Emulator, EmulatorConfig
+from snapbatch.emulator import Emulator, EmulatorConfig, serve
 from snapbatch.emulator.sts import CREDENTIALS_URI_PATH, StsConfig
 from tests.emulated import AK_ID, AK_SECRET
 
@@ -64,8 +64,8 @@ def stand_in(
     )
     emulator = Emulator(config)
     with start_blocking_portal() as portal:
-        vod, vod_port = portal.start_task(emulator.serve)
-        sts, sts_port = portal.start_task(partial(emulator.serve, ssl_context=server))
+        vod, vod_port = portal.start_task(partial(serve, emulator))
+        sts, sts_port = portal.start_task(partial(serve, emulator, ssl_context=server))
         try:
             yield StandIn(
                 emulator,

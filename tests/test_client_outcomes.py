@@ -15,7 +15,7 @@ from snapbatch.emulator import DROP_AFTER, DROP_BEFORE, EmulatorConfig
 from snapbatch.errors import UsageError
 from snapbatch.models import ACCEPTED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
 from snapbatch.vod.client import VodClient, classify
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.credentials import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
 
 GOOD = Credentials(AK_ID, AK_SECRET)

@@ -19,12 +19,12 @@ from snapbatch.completion.poller import PollOptions, poll_jobs
 from snapbatch.completion.receiver import callback_signature
 from snapbatch.emulator import DROP_AFTER, EmulatorConfig
 from snapbatch.emulator.callbacks import JOB_FAILURE_CODE
-from snapbatch.models import Outcome, Request
+from snapbatch.models import ACCEPTED, Outcome, Request
 from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.state import State
+from snapbatch.run.state import Intent, Settled, State
 from snapbatch.vod.client import VodClient
+from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.providers import RenewingCredentials
-from snapbatch.vod.signing import Credentials
 from tests.completion_rig import AUTH_KEY, ENV, manifest, rig
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET
@@ -300,7 +300,7 @@ def test_absorb_finds_an_event_seen_before_its_job_id_was_recorded(tmp_path: Pat
         event = {"EventType": "SnapshotComplete", "Status": "success", "SnapshotInfos": [{"JobId": "J1"}]}
         store.add(parse_event(json.dumps(event).encode()) or [])
         assert absorb(state, store) == 0  # no request has J1 yet
-        state.apply([("sending", "k1"), ("outcome", "k1", Outcome("accepted", job_id="J1"), "submitted")])
+        state.apply([Intent("k1"), Settled("k1", Outcome(ACCEPTED, job_id="J1"))])
         assert absorb(state, store) == 1
         assert next(state.rows()).completion == "success"
     finally:
@@ -353,7 +353,8 @@ def test_an_interrupted_poll_resumes_with_the_jobs_it_had_not_asked(tmp_path: Pa
 
         class Counting:
             def __init__(self, client: VodClient, stop: anyio.Event, after: int) -> None:
-                self.client, self.stop, self.after, self.asked = client, stop, after, []
+                self.client, self.stop, self.after = client, stop, after
+                self.asked: list[str] = []
 
             async def job_detail(self, job_id: str) -> tuple[Outcome, dict[str, object] | None]:
                 self.asked.append(job_id)

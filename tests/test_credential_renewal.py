@@ -19,8 +19,8 @@ from snapbatch.run.runner import RunOptions, run_batch
 from snapbatch.run.state import State
 from snapbatch.vod.chain import find_provider
 from snapbatch.vod.client import VodClient
+from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.providers import RenewingCredentials, describe
-from snapbatch.vod.signing import Credentials
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, running
 from tests.sts import cli_config, ram_role_profile, stand_in
@@ -198,7 +198,7 @@ def test_expired_answer_gets_fresh_credentials_and_goes_again(monkeypatch: pytes
 
         async def go() -> list[Any]:
             async with VodClient(sts.vod_url, provider) as client:
-                kinds = [(await client.submit({"VideoId": "v1", "Count": "1"})).kind]
+                kinds: list[Any] = [(await client.submit({"VideoId": "v1", "Count": "1"})).kind]
                 sts.emulator.config.expiries[first] = 0.0
                 expired = await client.submit({"VideoId": "v2", "Count": "1"})
                 kinds += [expired.kind, expired.code, (await client.submit({"VideoId": "v2", "Count": "1"})).kind]
@@ -293,7 +293,7 @@ def test_a_run_renews_ahead_of_expiry_in_the_background(
     provider.prime()
     clock[0] = 1000.0 + 21.0  # past two thirds of the life, far from the expiry
     monkeypatch.setattr("snapbatch.cli.run.find_provider", lambda env, home, profile, log: provider)
-    keys = {key: (f"secret-{key}", f"token-{key}") for key in ("STS.1", "STS.2")}
+    keys: dict[str, tuple[str, str | None]] = {key: (f"secret-{key}", f"token-{key}") for key in ("STS.1", "STS.2")}
     with running(EmulatorConfig(credentials=keys)) as emu:
         r = cli("run", str(_manifest(tmp_path, 60)), "--endpoint", emu.url, "--json")
     assert r.code == 0, r.err

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import anyio
 
-from snapbatch.emulator import Emulator, EmulatorConfig, load_videos, rate_at_server
-from snapbatch.models import ACCEPTED, FAILED, THROTTLED
+from snapbatch.emulator import Emulator, EmulatorConfig, load_videos, rate_at_server, serve
+from snapbatch.models import ACCEPTED, FAILED, THROTTLED, OutcomeKind
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.credentials import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
 
 
@@ -28,10 +28,10 @@ def test_window_counts_per_key_and_slides() -> None:
     config = EmulatorConfig(credentials={AK_ID: (AK_SECRET, None), "other": ("s2", None)}, qps=3)
     emulator = Emulator(config, mono=clock)
 
-    async def go() -> list[str]:
+    async def go() -> list[OutcomeKind]:
         kinds = []
         async with anyio.create_task_group() as tg:
-            port = await tg.start(emulator.serve)
+            port = await tg.start(serve, emulator)
             url = f"http://127.0.0.1:{port}"
             async with (
                 VodClient(url, Credentials(AK_ID, AK_SECRET)) as mine,
@@ -54,9 +54,9 @@ def test_known_videos_and_reference_ids(tmp_path: Path) -> None:
     videos = load_videos(path)
     assert videos == {"vid-1": None, "vid-2": "ref-000002"}
 
-    async def go(url: str) -> list[tuple[str, str | None]]:
+    async def go(url: str) -> list[tuple[OutcomeKind, str | None]]:
         async with VodClient(url, Credentials(AK_ID, AK_SECRET)) as client:
-            out = []
+            out: list[tuple[OutcomeKind, str | None]] = []
             for params in (
                 {"VideoId": "vid-1"},
                 {"ReferenceId": "ref-000002"},
@@ -89,14 +89,18 @@ def _raw(port: int, data: bytes) -> bytes:
 
 
 def test_malformed_http_answered_and_server_keeps_serving() -> None:
-    """Garbage, a huge head, a bad Content-Length, chunked bodies: 4xx or a closed connection; the next
-    well-formed call still succeeds."""
+    """Garbage, a huge head, no Host, a bad or too big Content-Length, chunked bodies: 4xx or a closed
+    connection; the next well-formed call still succeeds."""
     with running() as emu:
         assert _raw(emu.port, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
         assert _raw(emu.port, b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
-        assert _raw(emu.port, b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n").startswith(b"HTTP/1.1 400")
-        assert _raw(emu.port, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").startswith(b"HTTP/1.1 411")
-        assert _raw(emu.port, b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nshort") == b""
+        assert _raw(emu.port, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")  # HTTP/1.1 needs a Host
+        assert _raw(emu.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n").startswith(b"HTTP/1.1 400")
+        too_big = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+        assert _raw(emu.port, too_big).startswith(b"HTTP/1.1 400")
+        chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        assert _raw(emu.port, chunked).startswith(b"HTTP/1.1 411")
+        assert _raw(emu.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort") == b""
         unsigned = _raw(emu.port, b"POST /?Action=SubmitSnapshotJob HTTP/1.1\r\nHost: x\r\n\r\n")
         assert unsigned.startswith(b"HTTP/1.1 400") and b'"Code":"MissingParameter"' in unsigned
 
@@ -194,3 +198,26 @@ def test_path_jitter_delays_a_request_before_it_counts() -> None:
         (entry,) = emu.emulator.calls
     assert kind == ACCEPTED
     assert expected_s > 0.05 and entry["mono"] - sent >= expected_s
+
+
+def test_a_timestamp_out_of_range_is_refused_as_malformed() -> None:
+    """A Timestamp shaped right but naming month 13 is InvalidTimeStamp.Format, an answer, not a crash."""
+    from urllib.parse import urlencode
+
+    from snapbatch.vod.signing import sign_v1
+
+    emulator = Emulator(EmulatorConfig(credentials={AK_ID: (AK_SECRET, None)}))
+    params = {
+        "Action": "SubmitSnapshotJob",
+        "Version": "2017-03-21",
+        "AccessKeyId": AK_ID,
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureVersion": "1.0",
+        "SignatureNonce": "nonce-1",
+        "Timestamp": "2026-13-45T10:00:00Z",
+        "VideoId": "v",
+        "Count": "1",
+    }
+    params["Signature"] = sign_v1("GET", params, AK_SECRET)
+    reply = emulator.handle("GET", "/?" + urlencode(params), {"host": "x"}, b"")
+    assert (reply.status, reply.body["Code"]) == (400, "InvalidTimeStamp.Format")

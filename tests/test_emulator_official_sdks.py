@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,10 @@ PARAMS = {
 }
 
 
-def _core_call(url_host: str, secret: str, token: str | None = None) -> dict[str, object]:
+SdkCall = Callable[..., dict[str, Any]]  # (host:port, secret[, token]) -> the answer or its error
+
+
+def _core_call(url_host: str, secret: str, token: str | None = None) -> dict[str, Any]:
     from aliyunsdkcore.acs_exception.exceptions import ServerException
     from aliyunsdkcore.auth.credentials import StsTokenCredential
     from aliyunsdkcore.client import AcsClient
@@ -34,12 +39,13 @@ def _core_call(url_host: str, secret: str, token: str | None = None) -> dict[str
     for name, value in PARAMS.items():
         request.add_query_param(name, value)
     try:
-        return json.loads(client.do_action_with_exception(request))
+        answer: dict[str, Any] = json.loads(client.do_action_with_exception(request))
+        return answer
     except ServerException as exc:
         return {"Code": exc.get_error_code(), "status": exc.get_http_status()}
 
 
-def _tea_call(url_host: str, secret: str, token: str | None = None) -> dict[str, object]:
+def _tea_call(url_host: str, secret: str, token: str | None = None) -> dict[str, Any]:
     from alibabacloud_tea_openapi.models import Config
     from alibabacloud_vod20170321.client import Client
     from alibabacloud_vod20170321.models import SubmitSnapshotJobRequest
@@ -58,24 +64,25 @@ def _tea_call(url_host: str, secret: str, token: str | None = None) -> dict[str,
         video_id=PARAMS["VideoId"], count=3, interval=0, width="1280", user_data=PARAMS["UserData"]
     )
     try:
-        return client.submit_snapshot_job(request).body.to_map()
+        answer: dict[str, Any] = client.submit_snapshot_job(request).body.to_map()
+        return answer
     except Exception as exc:  # the SDK raises its own error type carrying the Code
         return {"Code": getattr(exc, "code", None), "status": getattr(exc, "statusCode", None)}
 
 
 @pytest.mark.parametrize("call", [_core_call, _tea_call], ids=["aliyun-python-sdk-core (V1)", "tea-openapi (V3)"])
-def test_official_sdk_accepted(call) -> None:  # type: ignore[no-untyped-def]
+def test_official_sdk_accepted(call: SdkCall) -> None:
     """A correctly signed official-SDK call makes a job, and the emulator saw exactly our parameters."""
     with running() as emu:
         body = call(f"127.0.0.1:{emu.port}", AK_SECRET)
-        assert body["SnapshotJob"]["JobId"]  # type: ignore[index]
+        assert body["SnapshotJob"]["JobId"]
         (logged,) = emu.emulator.calls
     assert logged["outcome"] == "accepted" and logged["ak"] == AK_ID
     assert {k: logged["params"][k] for k in PARAMS} == PARAMS
 
 
 @pytest.mark.parametrize("call", [_core_call, _tea_call], ids=["aliyun-python-sdk-core (V1)", "tea-openapi (V3)"])
-def test_official_sdk_wrong_secret_refused(call) -> None:  # type: ignore[no-untyped-def]
+def test_official_sdk_wrong_secret_refused(call: SdkCall) -> None:
     """The same call with a wrong secret gets SignatureDoesNotMatch (HTTP 400) and makes no job."""
     with running() as emu:
         body = call(f"127.0.0.1:{emu.port}", "wrong-secret")
@@ -84,7 +91,7 @@ def test_official_sdk_wrong_secret_refused(call) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.parametrize("call", [_core_call, _tea_call], ids=["aliyun-python-sdk-core (V1)", "tea-openapi (V3)"])
-def test_official_sdk_sts_token(call) -> None:  # type: ignore[no-untyped-def]
+def test_official_sdk_sts_token(call: SdkCall) -> None:
     """With an STS token configured, the SDK's token is checked: right token accepted, wrong one refused."""
     config = EmulatorConfig(credentials={AK_ID: (AK_SECRET, "sts-token-123")})
     with running(config) as emu:

@@ -10,10 +10,11 @@ from urllib.parse import urlencode
 
 import anyio
 
-from snapbatch.emulator import Emulator, EmulatorConfig, StsConfig
-from snapbatch.models import ACCEPTED, FATAL, THROTTLED
+from snapbatch.emulator import Emulator, EmulatorConfig, StsConfig, serve
+from snapbatch.models import ACCEPTED, FATAL, THROTTLED, OutcomeKind
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.signing import Credentials, iso_timestamp, sign_v1
+from snapbatch.vod.credentials import Credentials
+from snapbatch.vod.signing import iso_timestamp, sign_v1
 from tests.emulated import AK_ID, AK_SECRET
 
 ROLE = "acs:ram::1234567890123456:role/vod"
@@ -55,7 +56,7 @@ def test_assume_role_is_signed_and_its_keys_expire() -> None:
     async def go() -> list[str]:
         kinds = []
         async with anyio.create_task_group() as tg:
-            port = await tg.start(emulator.serve)
+            port = await tg.start(serve, emulator)
             async with VodClient(f"http://127.0.0.1:{port}", creds, clock=_utc(wall)) as client:
                 for at in (5.0, 19.0, 20.0):
                     wall[0] = 1795737600.0 + at
@@ -75,10 +76,10 @@ def test_issued_keys_share_the_roles_quota() -> None:
     emulator = Emulator(config)
     keys = [_assume(emulator, nonce=f"n{i}")[1]["Credentials"] for i in range(2)]
 
-    async def go() -> list[str]:
+    async def go() -> list[OutcomeKind]:
         kinds = []
         async with anyio.create_task_group() as tg:
-            port = await tg.start(emulator.serve)
+            port = await tg.start(serve, emulator)
             for issued in (keys[0], keys[1], keys[1]):
                 assert isinstance(issued, dict)
                 creds = Credentials(issued["AccessKeyId"], issued["AccessKeySecret"], issued["SecurityToken"])

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapbatch.completion.events import EventStore, absorb, parse_event
-from snapbatch.models import Outcome, Request
-from snapbatch.run.state import State
+from snapbatch.models import ACCEPTED, IN_DOUBT, Outcome, Request
+from snapbatch.run.state import Intent, Settled, State
 
 FATES = ["success", "fail", "success", "fail", "success", "success"]
 
@@ -46,8 +46,8 @@ def test_any_order_duplication_and_chunking_give_the_same_state(chunks: list[lis
             ]
             state.ingest(requests, "fp", "b")
             for i in range(6):
-                outcome = Outcome("accepted", job_id=f"J{i}") if i < 3 else Outcome("in_doubt", message="lost")
-                state.apply([("sending", f"k{i}"), ("outcome", f"k{i}", outcome, "submitted" if i < 3 else "in_doubt")])
+                outcome = Outcome(ACCEPTED, job_id=f"J{i}") if i < 3 else Outcome(IN_DOUBT, message="lost")
+                state.apply([Intent(f"k{i}"), Settled(f"k{i}", outcome)])
             for chunk in chunks:
                 for job in chunk:
                     store.add(parse_event(_event(job)) or [])

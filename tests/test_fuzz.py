@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from snapbatch.cli.main import main
 from snapbatch.models import ACCEPTED
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.credentials import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
 
 KEYS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from snapbatch.cli.main import COMMANDS, _parser
-from snapbatch.cli.run import Out
+from snapbatch.cli.output import Out
 from snapbatch.manifest.load import schema
 from tests.conftest import ROOT
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapbatch.vod.signing import Credentials, encode, sign_v1, sign_v3
+from snapbatch.vod.credentials import Credentials
+from snapbatch.vod.signing import encode, sign_v1, sign_v3
 
 
 def test_v1_published_vector() -> None:

@@ -14,8 +14,18 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapbatch.models import ACCEPTED, FAILED, IN_DOUBT, THROTTLED, TRANSIENT, Outcome, Request
-from snapbatch.run.state import State
+from snapbatch.models import (
+    ACCEPTED,
+    FAILED,
+    IN_DOUBT,
+    THROTTLED,
+    TRANSIENT,
+    Outcome,
+    OutcomeKind,
+    Request,
+    RequestStatus,
+)
+from snapbatch.run.state import Change, Intent, Settled, State, Unsent
 
 KEYS = [f"k{i}" for i in range(6)]
 kinds = st.sampled_from([ACCEPTED, FAILED, IN_DOUBT, THROTTLED, TRANSIENT])
@@ -30,29 +40,33 @@ def _requests() -> list[Request]:
     return [Request(k, "job", None, "VideoId", f"v-{k}", {"VideoId": f"v-{k}", "Count": "1"}) for k in KEYS]
 
 
-def _real(op: tuple[Any, ...]) -> tuple[Any, ...]:
-    if op[0] != "outcome":
-        return op
-    kind = op[2]
-    outcome = Outcome(kind, job_id="J" + op[1] if kind == ACCEPTED else None, code=None if kind == ACCEPTED else "C")
-    status = {ACCEPTED: "submitted", FAILED: "failed", IN_DOUBT: "in_doubt"}.get(kind, "pending")
-    return ("outcome", op[1], outcome, status)
+def _real(op: tuple[Any, ...]) -> Change:
+    """The State change an op (a plain tuple, so it can travel as JSON) describes."""
+    if op[0] == "sending":
+        return Intent(op[1])
+    if op[0] == "unsend":
+        return Unsent(op[1], RequestStatus(op[2]))
+    kind = OutcomeKind(op[2])
+    return Settled(
+        op[1], Outcome(kind, job_id="J" + op[1] if kind == ACCEPTED else None, code=None if kind == ACCEPTED else "C")
+    )
 
 
 def _model(groups: list[list[tuple[Any, ...]]]) -> dict[str, tuple[str, int, str | None]]:
-    rows = {k: ["pending", 0, None] for k in KEYS}
+    """What the store must hold after ``groups``, worked out independently of the code under test."""
+    rows: dict[str, list[Any]] = {k: ["pending", 0, None] for k in KEYS}
     for group in groups:
-        for op in map(_real, group):
+        for op in group:
             row = rows[op[1]]
             if op[0] == "sending":
                 row[0], row[1] = "sending", row[1] + 1
             elif op[0] == "unsend":
                 if row[0] != "submitted":  # a request proven submitted (by an event) is never taken back
                     row[0], row[1] = op[2], row[1] - 1
-            elif op[2].kind == ACCEPTED:
-                row[0], row[2] = "submitted", op[2].job_id
+            elif op[2] == ACCEPTED:
+                row[0], row[2] = "submitted", "J" + op[1]
             elif row[0] != "submitted":
-                row[0] = op[3]
+                row[0] = {FAILED: "failed", IN_DOUBT: "in_doubt"}.get(op[2], "pending")
     return {k: (v[0], v[1], v[2]) for k, v in rows.items()}
 
 
@@ -93,7 +107,7 @@ def test_kill_while_writing_keeps_a_committed_prefix() -> None:
     it acknowledged, or one more (the one being committed when it died)."""
     rnd = random.Random(20261125)
     for _ in range(8):
-        groups = [
+        groups: list[list[tuple[str, ...]]] = [
             [(rnd.choice(["sending", "outcome", "unsend"]), rnd.choice(KEYS)) for _ in range(rnd.randint(1, 4))]
             for _ in range(40)
         ]

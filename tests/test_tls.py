@@ -8,17 +8,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import anyio
 import trustme
-from anyio.from_thread import start_blocking_portal
 
-from snapbatch.emulator import Emulator, EmulatorConfig
+from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
 from snapbatch.models import ACCEPTED, TRANSIENT
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.transport import LeanTransport
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process
@@ -32,12 +30,8 @@ def https_emulator(ca: trustme.CA) -> Iterator[tuple[Emulator, int]]:
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
     emulator = Emulator(EmulatorConfig(credentials={AK_ID: (AK_SECRET, None)}))
-    with start_blocking_portal() as portal:
-        future, port = portal.start_task(partial(emulator.serve, ssl_context=server_context))
-        try:
-            yield emulator, port
-        finally:
-            future.cancel()
+    with running_emulator(emulator, ssl_context=server_context) as served:
+        yield emulator, served.port
 
 
 def _submit(url: str, client_context: ssl.SSLContext, times: int = 1) -> list[str]:

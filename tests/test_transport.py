@@ -13,7 +13,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from snapbatch.emulator import DROP_AFTER, EmulatorConfig
 from snapbatch.models import ACCEPTED, IN_DOUBT, TRANSIENT
 from snapbatch.vod.client import VodClient
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.transport import LeanTransport
 from tests.emulated import AK_ID, AK_SECRET, running
 

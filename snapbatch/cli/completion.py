@@ -12,7 +12,8 @@ from pathlib import Path
 
 import anyio
 
-from snapbatch.cli.run import EXIT, Out, absorb_events, open_state, resolve_target
+from snapbatch.cli.output import EXIT, Out
+from snapbatch.cli.run import absorb_events, open_state, resolve_target
 from snapbatch.completion.events import EventStore, default_events_path
 from snapbatch.completion.poller import PollOptions, PollResult, poll_jobs
 from snapbatch.completion.receiver import Receiver, ReceiverConfig

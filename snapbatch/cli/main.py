@@ -1,4 +1,5 @@
-"""The command line: argument parsing, wiring, exit codes. The only module that prints or reads os.environ."""
+"""The command line: argument parsing, the validate, plan and emulator commands, and the mapping of errors to
+exit codes. The command line (this package) is the only part of snapbatch that prints or reads os.environ."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ import anyio
 
 from snapbatch import __version__
 from snapbatch.cli.completion import AUTH_KEY_VARIABLE, poll_command, receive_command
-from snapbatch.cli.run import EXIT, Out, report_command, resolve_target, run_command, status_command
-from snapbatch.emulator import CREDENTIALS_URI_PATH, Callbacks, Emulator, EmulatorConfig, StsConfig, load_videos
+from snapbatch.cli.output import EXIT, Out
+from snapbatch.cli.run import report_command, resolve_target, run_command, status_command
+from snapbatch.emulator import (
+    CREDENTIALS_URI_PATH,
+    Callbacks,
+    Emulator,
+    EmulatorConfig,
+    StsConfig,
+    load_videos,
+    serve,
+)
 from snapbatch.errors import (
     CredentialsError,
     LockedError,
@@ -540,9 +550,9 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
     emulator = Emulator(config, log_file=log)
     callbacks = Callbacks(emulator)
 
-    async def serve() -> None:
+    async def serve_until_stopped() -> None:
         async with anyio.create_task_group() as tg:
-            port = await tg.start(partial(emulator.serve, args.host, args.port, ssl_context=tls))
+            port = await tg.start(partial(serve, emulator, args.host, args.port, ssl_context=tls))
             tg.start_soon(callbacks.run)
             secret = (
                 ("secret " + EMULATOR_KEY_SECRET)
@@ -575,7 +585,7 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
                 )
 
     try:
-        anyio.run(serve)
+        anyio.run(serve_until_stopped)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,4 +1,5 @@
-"""The command-line side of run, status and report: wiring, progress lines, summaries, exit codes."""
+"""The run, status and report commands: wiring the run's parts from the command line, printing its
+events and summaries (in report.py's words), and its exit code."""
 
 from __future__ import annotations
 
@@ -7,46 +8,43 @@ import csv
 import json
 import math
 import secrets
-import signal
-import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
 
-import anyio
-from anyio.from_thread import start_blocking_portal
-
+from snapbatch.cli.output import EXIT, Out
 from snapbatch.completion.events import EventStore, absorb, default_events_path
-from snapbatch.emulator import Emulator, EmulatorConfig
-from snapbatch.errors import Problem, SnapbatchError, StateError, UsageError
-from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
+from snapbatch.errors import StateError, UsageError
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
 from snapbatch.report import (
     COMPLETION_WORDS,
     REPORT_FIELDS,
+    absorbed_line,
+    ingested_line,
     progress_line,
+    proxy_line,
+    recovered_line,
+    reopened_line,
     report_row,
     run_summary,
+    signal_line,
+    start_line,
     status_document,
     status_text,
+    stop_lines,
     summary_line,
 )
-from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.runner import RunOptions, RunResult, run_batch
+from snapbatch.run.runner import RunOptions, RunResult, StopReason
+from snapbatch.run.session import Progress, RunEvents, run_manifest
 from snapbatch.run.state import State, default_state_path
 from snapbatch.vod.chain import find_provider
-from snapbatch.vod.client import VodClient
+from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.endpoint import resolve_endpoint, resolve_region
 from snapbatch.vod.providers import CredentialsProvider, StaticCredentials
-from snapbatch.vod.signing import Credentials
 
 __all__ = [
-    "EXIT",
-    "Out",
     "absorb_events",
     "events_path",
     "open_state",
@@ -56,35 +54,9 @@ __all__ = [
     "status_command",
 ]
 
-EXIT = {"ok": 0, "failed": 1, "usage": 2, "locked": 3, "fatal": 4, "stopped": 5, "state": 6, "interrupted": 130}
-
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-_STOPS = {
-    "max-requests": "--max-requests reached",
-    "max-duration": "--max-duration reached",
-    "retry-budget": "the run's retry budget is spent (the service keeps failing or throttling)",
-    "outage": "the service looks down (many answers in a row were 5xx or lost)",
-    "unreachable": "the endpoint never answered (the first calls could not connect or got no answer): check the "
-    "endpoint URL, the network and any proxy or TLS interception",
-    "interrupted": "interrupted",
-}
-
-
 _COMPLETION_FILTER = {"completed": "success", "failed": "fail", "processing": "processing", "unknown": None}
-
-
-class Out:
-    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def problems(self, problems: Sequence[Problem]) -> None:
-        for p in problems:
-            print(p.format(), file=self.stderr)
-
-    def log(self, message: str) -> None:
-        print(f"snapbatch: {message}", file=self.stderr, flush=True)
 
 
 def _state_path(args: argparse.Namespace, manifest: Manifest) -> Path:
@@ -115,34 +87,23 @@ def absorb_events(args: argparse.Namespace, manifest: Manifest, state: State) ->
         store.close()
 
 
-@contextmanager
-def _emulated(qps: float) -> Iterator[tuple[str, Credentials]]:
-    """A throwaway emulator on a free loopback port, in its own thread."""
-    creds = Credentials("emulator-" + secrets.token_hex(4), secrets.token_urlsafe(24), None, "the built-in emulator")
-    emulator = Emulator(EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}, qps=qps))
-    with start_blocking_portal() as portal:
-        future, port = portal.start_task(emulator.serve)
-        try:
-            yield f"http://127.0.0.1:{port}", creds
-        finally:
-            future.cancel()
-
-
 def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest = load_manifest(args.manifest, env)
     out.problems(manifest.warnings)
-    qps = args.qps or manifest.qps
-    concurrency = args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2))
     if args.emulator:
-        with _emulated(30.0) as (endpoint, creds):
-            return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out)
+        creds = Credentials(
+            "emulator-" + secrets.token_hex(4), secrets.token_urlsafe(24), None, "the built-in emulator"
+        )
+        emulator = Emulator(EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}))
+        with running_emulator(emulator) as served:
+            return _run(args, manifest, served.url, StaticCredentials(creds), out)
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
     # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
     proxied = any(env.get(name) for name in _PROXY_VARIABLES)
     if proxied:
-        out.log("a proxy is configured in the environment; calls go through it")
-    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied)
+        out.log(proxy_line())
+    return _run(args, manifest, endpoint, provider, out, proxied)
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
@@ -151,181 +112,98 @@ def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[st
     return resolve_endpoint(args.endpoint, manifest.endpoint, region)
 
 
+class _Printer(RunEvents):
+    """The run's events as log lines on stderr; on a terminal, progress is one line rewritten in place."""
+
+    def __init__(self, out: Out, start: str, resend_in_doubt: bool) -> None:
+        self.out, self.start, self.resend_in_doubt = out, start, resend_in_doubt
+        self.tty = out.stderr.isatty()
+        self.live = False  # a progress line without its newline is on the terminal
+
+    def started(self, recovered: int) -> None:
+        if recovered:
+            self.out.log(recovered_line(recovered, self.resend_in_doubt))
+        self.out.log(self.start)
+
+    def ingested(self, total: int, new: int) -> None:
+        self.log(ingested_line(total, new))
+
+    def progress(self, progress: Progress) -> None:
+        if self.tty:
+            print(f"\r{progress_line(progress)}\x1b[K", end="", file=self.out.stderr, flush=True)
+            self.live = True
+        else:
+            self.out.log(progress_line(progress))
+
+    def stopping(self, signal_name: str) -> None:
+        self.log(signal_line(signal_name))
+
+    def log(self, message: str) -> None:
+        self.end_line()
+        self.out.log(message)
+
+    def end_line(self) -> None:
+        if self.live:
+            print(file=self.out.stderr)
+            self.live = False
+
+
 def _run(
     args: argparse.Namespace,
     manifest: Manifest,
     endpoint: str,
     creds: CredentialsProvider,
-    qps: float,
-    concurrency: int,
     out: Out,
     proxied: bool = False,
 ) -> int:
-    state = State(_state_path(args, manifest))
+    qps = args.qps or manifest.qps
+    options = RunOptions(
+        concurrency=args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2)),
+        in_doubt=args.in_doubt,
+        retry_failed=args.retry_failed,
+        max_requests=args.max_requests,
+        max_duration_s=args.max_duration,
+    )
+    start = start_line(manifest.batch, endpoint, creds.current().access_key_id, creds.source, qps, options.concurrency)
+    printer = _Printer(out, start, args.in_doubt == "resend")
     try:
-        state.lock(time.time())
-        recovered = state.recover()
-        if recovered:
-            out.log(
-                f"{recovered} requests were in flight when the last run stopped; they are in doubt and "
-                + ("will be sent again" if args.in_doubt == "resend" else "are left alone (--in-doubt skip)")
-            )
-        # an event naming a request in doubt proves its job exists: it must not be sent again
-        resolved = absorb_events(args, manifest, state)
-        if resolved:
-            out.log(f"{resolved} requests updated from the receiver's events")
-        if getattr(args, "resubmit_failed_jobs", False):
-            reopened = state.reopen_failed_jobs()
-            out.log(f"{reopened} requests whose job failed after submission will be sent again")
-        out.log(
-            f"batch {manifest.batch}: sending to {endpoint} as {creds.current().access_key_id} ({creds.source}), "
-            f"at most {qps:g} calls/s, {concurrency} in flight"
+        finished = run_manifest(
+            manifest,
+            _state_path(args, manifest),
+            endpoint,
+            creds,
+            qps=qps,
+            options=options,
+            events=printer,
+            progress_every_s=args.progress_every or (1.0 if printer.tty else 10.0),
+            lean_transport=not proxied,
+            prepare=lambda state: _prepare(args, manifest, state, out),
         )
-        options = RunOptions(
-            concurrency=concurrency,
-            in_doubt=args.in_doubt,
-            retry_failed=args.retry_failed,
-            max_requests=args.max_requests,
-            max_duration_s=args.max_duration,
-        )
-        # The state writer and the ingest run in threads; a shorter GIL switch interval keeps them from
-        # delaying a due call by up to the default 5 ms, which would eat the limiter's 6 ms margin.
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(0.0005)
-        try:
-            result = anyio.run(
-                _run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every, proxied
-            )
-        except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
-            raise _first_snapbatch_error(group) from None
-        finally:
-            sys.setswitchinterval(switch)
-        state.recover()  # anything cut off by an interrupt is in doubt, not "sending"
-        after = state.counts()
     finally:
-        state.close()
+        printer.end_line()
+    result, after = finished.result, finished.counts
     summary = run_summary(manifest.batch, after, result)
-    if result.fatal is not None and result.fatal.http_status is None:  # decided here: nothing was sent
-        out.log(f"stopped: {result.fatal.message}")
-    elif result.fatal is not None:
-        out.log(f"stopped: the service answered {result.fatal.code}: {result.fatal.message}")
-    elif result.stop_reason:
-        last = result.last_error
-        detail = ""
-        if last is not None and result.stop_reason in ("outage", "unreachable", "retry-budget"):
-            detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
-        out.log(
-            f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}{detail}; the state is saved, run again "
-            "to continue"
-        )
-    if result.gave_up:
-        out.log(
-            f"{result.gave_up} requests got no definite answer in {options.max_attempts} attempts; they stay "
-            "pending or in doubt, with their last error in `snapbatch report`; run again to retry them"
-        )
+    for line in stop_lines(result, options.max_attempts):
+        out.log(line)
     out.log(summary_line(summary))
     if args.json:
         print(json.dumps(summary), file=out.stdout)
     return _exit_code(result, after)
 
 
-def _first_snapbatch_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_snapbatch_error(exc)
-        if isinstance(exc, SnapbatchError):
-            return exc
-    return group
-
-
-async def _run_async(
-    state: State,
-    manifest: Manifest,
-    endpoint: str,
-    creds: CredentialsProvider,
-    qps: float,
-    options: RunOptions,
-    out: Out,
-    progress_every: float | None,
-    proxied: bool,
-) -> RunResult:
-    stop = anyio.Event()
-    limiter = Limiter(RateWindow(qps))
-    tty = out.stderr.isatty()
-    ingested = anyio.Event()
-    events = {"submitted": 0, "throttled": 0, "failed": 0, "errors": 0}
-    last_error: list[str] = []  # the latest 5xx or lost answer's code, for the progress line
-    started = time.monotonic()
-
-    abandon = threading.Event()
-
-    async def ingest() -> None:
-        fp = await anyio.to_thread.run_sync(fingerprint, manifest)
-        if state.needs_ingest(fp):
-            total, new = await anyio.to_thread.run_sync(
-                state.ingest, expand(manifest, fold_duplicates=False), fp, manifest.batch, abandon
-            )
-            if not abandon.is_set():
-                out.log(f"{total} requests in the manifest, {new} new to the state file")
-        ingested.set()
-
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        if data["kind"] == "accepted":
-            events["submitted"] += 1
-        elif data["kind"] in ("throttled", "failed"):
-            events[data["kind"]] += 1
-        elif data["kind"] in ("transient", "in_doubt"):
-            events["errors"] += 1
-            last_error[:] = [data["code"] or ("no answer" if data["kind"] == "in_doubt" else "no connection")]
-
-    async def progress() -> None:
-        every = progress_every or (1.0 if tty else 10.0)
-        while True:
-            await anyio.sleep(every)
-            counts = await anyio.to_thread.run_sync(state.counts)
-            line = progress_line(
-                counts,
-                events,
-                time.monotonic() - started,
-                options.in_doubt == "resend",
-                ingesting=not ingested.is_set(),
-                last_error=last_error[0] if last_error else None,
-            )
-            if tty:
-                print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
-            else:
-                out.log(line)
-
-    async def signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            async for signum in received:
-                out.log(f"{signal.Signals(signum).name}: starting no new calls, waiting for those in flight")
-                stop.set()
-                return
-
-    async with (
-        VodClient(endpoint, creds, max_connections=options.concurrency, lean=not proxied) as client,
-        anyio.create_task_group() as tg,
-    ):
-        if threading.current_thread() is threading.main_thread():
-            tg.start_soon(signals)
-        tg.start_soon(progress)
-        tg.start_soon(ingest)
-        tg.start_soon(creds.keep_fresh)  # renews STS credentials ahead of expiry, off the calls' path
-        result = await run_batch(
-            state, client, limiter, options, on_event=on_event, stop=stop, more_coming=lambda: not ingested.is_set()
-        )
-        abandon.set()  # an unfinished ingest commits as it goes and is redone next time
-        tg.cancel_scope.cancel()
-    if tty:
-        print(file=out.stderr)
-    return result
+def _prepare(args: argparse.Namespace, manifest: Manifest, state: State, out: Out) -> None:
+    # an event naming a request in doubt proves its job exists: it must not be sent again
+    resolved = absorb_events(args, manifest, state)
+    if resolved:
+        out.log(absorbed_line(resolved))
+    if getattr(args, "resubmit_failed_jobs", False):
+        out.log(reopened_line(state.reopen_failed_jobs()))
 
 
 def _exit_code(result: RunResult, after: dict[str, int]) -> int:
-    if result.stop_reason == "interrupted":
+    if result.stop_reason == StopReason.INTERRUPTED:
         return EXIT["interrupted"]
-    if result.stop_reason == "fatal":
+    if result.stop_reason == StopReason.FATAL:
         return EXIT["fatal"]
     if result.stop_reason is not None and (after["pending"] or after["in_doubt"]):
         return EXIT["stopped"]

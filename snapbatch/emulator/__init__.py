@@ -1,9 +1,12 @@
-"""The local VOD endpoint: the service logic (``service``) behind a small HTTP server, and optionally a
-stand-in for STS (``sts``) issuing credentials it accepts until they expire. Imports only
-``snapbatch.vod.signing`` from the rest of snapbatch, so it stays faithful to the documented service rather
+"""The local VOD endpoint: the service logic (``service``, no sockets) behind an HTTP/1.1 server (``server``,
+on h11), optionally a stand-in for STS (``sts``) issuing credentials it accepts until they expire, and a
+harness that runs it in a thread or a process of its own (``harness``). Imports only ``snapbatch.vod.signing``
+and ``snapbatch.vod.api`` from the rest of snapbatch, so it stays faithful to the documented service rather
 than to snapbatch's client."""
 
 from snapbatch.emulator.callbacks import Callbacks, snapshot_event
+from snapbatch.emulator.harness import EmulatorProcess, RunningEmulator, emulator_process, running_emulator
+from snapbatch.emulator.server import serve
 from snapbatch.emulator.service import (
     DROP_AFTER,
     DROP_BEFORE,
@@ -23,11 +26,16 @@ __all__ = [
     "Callbacks",
     "Emulator",
     "EmulatorConfig",
+    "EmulatorProcess",
     "Reply",
+    "RunningEmulator",
     "Sts",
     "StsConfig",
     "busiest_window",
+    "emulator_process",
     "load_videos",
     "rate_at_server",
+    "running_emulator",
+    "serve",
     "snapshot_event",
 ]

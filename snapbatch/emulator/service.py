@@ -3,35 +3,29 @@ answers SubmitSnapshotJob and GetJobDetail with the real shapes, and injects fau
 
 Faithful to the documented service (../shared/reference/vod-api.md), not to snapbatch's client: it accepts
 any correctly signed V1 or V3 request, including the official SDKs'. ``Emulator.handle`` is the whole
-service logic, independent of sockets; ``Emulator.serve`` puts a small HTTP/1.1 server in front of it.
+service logic, independent of sockets; ``server.serve`` puts an HTTP/1.1 server in front of it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import hmac
 import json
 import random
 import re
-import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import anyio
-import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
-from anyio.streams.tls import TLSListener
-
 from snapbatch.emulator.sts import CREDENTIALS_URI_PATH, STS_ACTIONS, STS_VERSION, Sts, StsConfig, StsError
+from snapbatch.vod.api import API_VERSION, REFERENCE_ID, TIMESTAMP_FORMAT
 from snapbatch.vod.signing import (
     EMPTY_SHA256,
     parse_authorization,
@@ -52,14 +46,10 @@ __all__ = [
     "rate_at_server",
 ]
 
-API_VERSION = "2017-03-21"
 DROP_BEFORE = "drop-before"  # close the connection without an answer; no job is made
 DROP_AFTER = "drop-after"  # make the job, then close the connection without an answer
 SKEW_S = 15 * 60
-MAX_HEAD_BYTES = 64 * 1024
-MAX_BODY_BYTES = 1024 * 1024
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-_REFERENCE_ID = re.compile(r"[A-Za-z0-9_-]{6,64}")
 _STATUS = {
     "InvalidAccessKeyId.NotFound": 404,
     "InvalidAccessKeyId.Inactive": 400,
@@ -102,7 +92,7 @@ class EmulatorConfig:
     # so calls that left evenly spaced may arrive bunched
     path_jitter_ms: float = 0.0
     faults: dict[str, float] = field(default_factory=dict)  # error Code, DROP_BEFORE or DROP_AFTER -> rate
-    videos: dict[str, str | None] | None = None  # VideoId -> ReferenceId; None: every video exists
+    videos: Mapping[str, str | None] | None = None  # VideoId -> ReferenceId; None: every video exists
     job_seconds: float = 2.0  # a job is Processing this long, then Success (or Fail), and its event is due
     job_fail_rate: float = 0.0  # share of jobs that fail after they were accepted (asynchronously)
     # where SnapshotComplete goes when the job's UserData.MessageCallback names no URL (SetMessageCallback)
@@ -284,11 +274,14 @@ class Emulator:
         return self.config.credentials[key_id]
 
     def _check_time_and_nonce(self, stamp: str, nonce: str) -> None:
-        if not _TIMESTAMP.fullmatch(stamp):
+        try:
+            if not _TIMESTAMP.fullmatch(stamp):
+                raise ValueError(stamp)
+            sent = datetime.fromisoformat(stamp).timestamp()  # ISO 8601 in UTC, as the pattern made sure
+        except ValueError:  # not the format, or a month 13, an hour 25
             raise _Error(
                 "InvalidTimeStamp.Format", f"Specified time stamp or date value {stamp!r} is not well formatted."
-            )
-        sent = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+            ) from None
         if abs(sent - self.wall()) > SKEW_S:
             raise _Error("InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
         if not nonce:
@@ -410,7 +403,7 @@ class Emulator:
             )
         if not video_id:
             assert ref is not None
-            if not _REFERENCE_ID.fullmatch(ref):
+            if not REFERENCE_ID.fullmatch(ref):
                 raise _Error("InvalidParameter", "The specified parameter ReferenceId is not valid.")
             video_id = self.by_reference.get(ref) if self.config.videos is not None else f"ref:{ref}"
             if video_id is None:
@@ -492,124 +485,13 @@ class Emulator:
             detail["CompleteTime"] = _iso(job["done_at"])
         return {"RequestId": request_id, "SnapshotJobDetail": detail}
 
-    # -- HTTP -----------------------------------------------------------------------------------------
-
-    async def serve(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve until cancelled (HTTPS with ``ssl_context``); reports the bound port through ``task_status``."""
-        tcp = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-        bound = tcp.extra(anyio.abc.SocketAttribute.local_port)
-        listener: anyio.abc.Listener[Any] = tcp
-        if ssl_context is not None:
-            listener = TLSListener(tcp, ssl_context, standard_compatible=False)
-        async with listener:
-            task_status.started(bound)
-            await listener.serve(self._connection)
-
-    async def _connection(self, stream: anyio.abc.ByteStream) -> None:
-        buffered = BufferedByteReceiveStream(stream)
-        async with stream:
-            while True:
-                try:
-                    head = await buffered.receive_until(b"\r\n\r\n", MAX_HEAD_BYTES)
-                except anyio.DelimiterNotFound:
-                    await _send_plain(stream, 431, "request head too large")
-                    return
-                except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    return
-                parsed = _parse_head(head)
-                if parsed is None:
-                    await _send_plain(stream, 400, "malformed request")
-                    return
-                method, target, headers = parsed
-                if "transfer-encoding" in headers:
-                    await _send_plain(stream, 411, "send Content-Length, not chunked")
-                    return
-                try:
-                    length = int(headers.get("content-length", "0"))
-                    if not 0 <= length <= MAX_BODY_BYTES:
-                        raise ValueError
-                    body = await buffered.receive_exactly(length) if length else b""
-                except ValueError:
-                    await _send_plain(stream, 400, "bad Content-Length")
-                    return
-                except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    return
-                if self.config.path_jitter_ms > 0:
-                    await anyio.sleep(self.rng.uniform(0, self.config.path_jitter_ms) / 1000)
-                reply = self.handle(method, target, headers, body)
-                low, high = self.config.latency_ms
-                if high > 0:
-                    await anyio.sleep(self.rng.uniform(low, high) / 1000)
-                if reply.drop:
-                    return
-                payload = json.dumps(reply.body, separators=(",", ":")).encode()
-                keep = headers.get("connection", "").lower() != "close"
-                try:
-                    await stream.send(
-                        f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Error')}\r\n"
-                        f"Content-Type: application/json;charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
-                        f"x-acs-request-id: {reply.body.get('RequestId', '')}\r\n"
-                        f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n".encode()
-                        + payload
-                    )
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                if not keep:
-                    return
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    411: "Length Required",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]] | None:
-    try:
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, proto = lines[0].split(" ")
-    except ValueError:
-        return None
-    if not proto.startswith("HTTP/1.") or not target.startswith("/"):
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            return None
-        headers[name.lower()] = value.strip()
-    return method, target, headers
-
-
-async def _send_plain(stream: anyio.abc.ByteStream, status: int, text: str) -> None:
-    body = text.encode()
-    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await stream.send(
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime(TIMESTAMP_FORMAT)
 
 
 def _offsets_ok(value: list[Any]) -> bool:

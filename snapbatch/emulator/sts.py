@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from snapbatch.vod.api import TIMESTAMP_FORMAT
+
 __all__ = ["CREDENTIALS_URI_PATH", "STS_ACTIONS", "STS_VERSION", "Sts", "StsConfig", "StsError"]
 
 STS_VERSION = "2015-04-01"
@@ -110,7 +112,7 @@ class Sts:
             "AccessKeySecret": secret,
             "SecurityToken": token,
             # STS gives whole seconds; rounding down keeps the client's idea of the expiry never later than ours
-            "Expiration": datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Expiration": datetime.fromtimestamp(int(expires), UTC).strftime(TIMESTAMP_FORMAT),
         }
 
 

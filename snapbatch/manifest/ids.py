@@ -10,10 +10,10 @@ from typing import NamedTuple, TextIO
 
 from snapbatch.errors import ManifestError
 from snapbatch.models import IdSource
+from snapbatch.vod.api import REFERENCE_ID
 
 __all__ = ["IdEntry", "check_id", "read_ids"]
 
-_REFERENCE_ID = re.compile(r"[A-Za-z0-9_-]{6,64}")
 _BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 _TRAILING_COMMENT = re.compile(r"\s+#.*$")
 MAX_ID_CHARS = 256
@@ -34,7 +34,7 @@ def check_id(kind: str, value: str) -> str | None:
     if not value:
         return "empty ID"
     if kind == "ReferenceId":
-        if not _REFERENCE_ID.fullmatch(value):
+        if not REFERENCE_ID.fullmatch(value):
             return (
                 f"ReferenceId {_shorten(value)!r} must be 6-64 characters of A-Z a-z 0-9 _ -; "
                 "a VOD VideoId belongs under `videos`"

@@ -2,32 +2,49 @@
 
 The dispatcher takes a few requests at a time (about 50 ms of sending), commits their intent in one
 transaction, then starts them one by one as the limiter allows. Calls run concurrently (capped); their
-outcomes go to a group-commit writer. Retryable outcomes come back after an exponential backoff with full
-jitter. Until an answer proves the credentials work, one call at a time is in flight, so a wrong key costs
-a single call.
+outcomes go to a group-commit writer. What happens to an outcome is its kind's to say (OutcomeKind in
+models: retryable, proves_credentials, counts_toward_outage, status; vod.client.classify gives an answer
+its kind): retryable outcomes come back after an exponential backoff with full jitter. Until an answer
+proves the credentials work, one call at a time is in flight, so a wrong key costs a single call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Protocol
 
 import anyio
 import anyio.abc
 
-from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
+from snapbatch.models import Outcome, OutcomeKind, RequestStatus
 from snapbatch.run.limiter import Limiter
-from snapbatch.run.state import Row, State
+from snapbatch.run.state import Change, Intent, Row, Settled, State, Unsent
 
-__all__ = ["RunOptions", "RunResult", "Sender", "run_batch"]
+__all__ = ["RunOptions", "RunResult", "Sender", "StopReason", "is_testing", "run_batch", "set_testing"]
 
 PAGE = 1000
 LOOKAHEAD_S = 0.05
+_testing = False
+
+
+def set_testing(testing: bool) -> None:
+    """Test mode (as stamina's): retries come back without backoff. They are still paced by the limiter
+    and counted against the attempt cap and the retry budget; only the waiting goes, so a test suite does
+    not sit through seconds of real backoff. Idempotent; process-wide."""
+    global _testing
+    _testing = bool(testing)
+
+
+def is_testing() -> bool:
+    """Whether test mode is on."""
+    return _testing
 
 
 class Sender(Protocol):
@@ -52,6 +69,18 @@ class RunOptions:
     unreachable_after: int = 5
 
 
+class StopReason(StrEnum):
+    """Why a run ended before everything was sent (the value is the JSON summary's "stopped")."""
+
+    FATAL = "fatal"  # an answer said the account or the credentials cannot work
+    MAX_REQUESTS = "max-requests"
+    MAX_DURATION = "max-duration"
+    RETRY_BUDGET = "retry-budget"  # the service kept failing or throttling
+    OUTAGE = "outage"  # many answers in a row were 5xx or lost
+    UNREACHABLE = "unreachable"  # the endpoint never answered at all
+    INTERRUPTED = "interrupted"  # the caller set ``stop`` (Ctrl-C, SIGTERM)
+
+
 @dataclass
 class RunResult:
     submitted: int = 0
@@ -61,8 +90,7 @@ class RunResult:
     started: int = 0  # requests started for the first time in this run
     calls: int = 0  # calls made, retries included
     gave_up: int = 0  # requests left pending or in doubt after options.max_attempts attempts
-    # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "unreachable", "interrupted"
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None  # None: everything there was to send was sent
     fatal: Outcome | None = None
     last_error: Outcome | None = None  # the latest throttled, transient or lost answer
     elapsed_s: float = 0.0
@@ -74,22 +102,22 @@ class _Writer:
 
     def __init__(self, state: State) -> None:
         self.state = state
-        self.send, self.receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
+        # each change, with the event to set once it is durable (for intents, which a call waits for)
+        self.send, self.receive = anyio.create_memory_object_stream[tuple[Change, anyio.Event | None]](math.inf)
 
     async def run(self) -> None:
         async with self.receive:
             async for first in self.receive:
-                ops = [first]
+                queued = [first]
                 while True:
                     try:
-                        ops.append(self.receive.receive_nowait())
+                        queued.append(self.receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                writes = [op[:-1] if op[0] == "sending" else op for op in ops]
-                await anyio.to_thread.run_sync(self.state.apply, writes)
-                for op in ops:
-                    if op[0] == "sending":
-                        op[-1].set()
+                await anyio.to_thread.run_sync(self.state.apply, [change for change, _ in queued])
+                for _, durable in queued:
+                    if durable is not None:
+                        durable.set()
 
     async def intent(self, keys: list[str]) -> None:
         """Commit 'sending' for ``keys``; returns once it is durable."""
@@ -97,15 +125,15 @@ class _Writer:
         for key in keys:
             event = anyio.Event()
             events.append(event)
-            self.send.send_nowait(("sending", key, event))
+            self.send.send_nowait((Intent(key), event))
         for event in events:
             await event.wait()
 
-    def outcome(self, key: str, outcome: Outcome, status: str) -> None:
-        self.send.send_nowait(("outcome", key, outcome, status))
+    def outcome(self, key: str, outcome: Outcome) -> None:
+        self.send.send_nowait((Settled(key, outcome), None))
 
-    def unsend(self, key: str, status: str) -> None:
-        self.send.send_nowait(("unsend", key, status))
+    def unsend(self, key: str, status: RequestStatus) -> None:
+        self.send.send_nowait((Unsent(key, status), None))
 
 
 class _Run:
@@ -115,13 +143,13 @@ class _Run:
         sender: Sender,
         limiter: Limiter,
         options: RunOptions,
-        on_event: Callable[[str, dict[str, Any]], None],
+        on_outcome: Callable[[str, Outcome], None],
         clock: Callable[[], float],
         rng: random.Random,
         more_coming: Callable[[], bool],
     ) -> None:
         self.state, self.sender, self.limiter, self.options = state, sender, limiter, options
-        self.on_event, self.clock, self.rng, self.more_coming = on_event, clock, rng, more_coming
+        self.on_outcome, self.clock, self.rng, self.more_coming = on_outcome, clock, rng, more_coming
         self.writer = _Writer(state)
         self.result = RunResult()
         self.in_flight = 0
@@ -130,21 +158,21 @@ class _Run:
         self.retries: list[tuple[float, int, Row]] = []
         self.initial_work = 0  # requests the state held for this run when it started
         self.tries: dict[str, int] = {}  # attempts this run made of each request now waiting for a retry
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.wakeup = anyio.Event()
         self.page: list[Row] = []
         self.after_seq = 0
         self.exhausted = False
         self.limit_reached = False
         self.errors_in_a_row = 0
-        statuses = ["pending"]
+        statuses = [RequestStatus.PENDING]
         if options.in_doubt == "resend":
-            statuses.append("in_doubt")
+            statuses.append(RequestStatus.IN_DOUBT)
         if options.retry_failed:
-            statuses.append("failed")
+            statuses.append(RequestStatus.FAILED)
         self.statuses = tuple(statuses)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.wakeup.set()
@@ -218,41 +246,36 @@ class _Run:
             self.wakeup.set()
 
     def settle(self, row: Row, outcome: Outcome) -> None:
-        r = self.result
+        r, kind = self.result, outcome.kind
         if outcome.code:
             r.codes[outcome.code] = r.codes.get(outcome.code, 0) + 1
         if outcome.http_status is not None:
             self.reached = True
-        if outcome.kind in (ACCEPTED, FAILED, THROTTLED):
+        if kind.proves_credentials:
             self.proven = True
             self.errors_in_a_row = 0
-        elif outcome.kind in (TRANSIENT, IN_DOUBT):
+        elif kind.counts_toward_outage:
             self.errors_in_a_row += 1
             if not self.reached and self.errors_in_a_row >= self.options.unreachable_after:
-                self.stop("unreachable")
+                self.stop(StopReason.UNREACHABLE)
             elif self.errors_in_a_row >= self.options.outage_after:
-                self.stop("outage")
-        if outcome.retryable:
+                self.stop(StopReason.OUTAGE)
+        if kind.retryable:
             r.last_error = outcome
-        if outcome.kind == ACCEPTED:
+        if kind == OutcomeKind.ACCEPTED:
             r.submitted += 1
-            status = "submitted"
-        elif outcome.kind == FAILED:
+        elif kind == OutcomeKind.FAILED:
             r.failed += 1
-            status = "failed"
-        elif outcome.kind == FATAL:
-            status = "pending"  # a fatal answer made no job
+        elif kind == OutcomeKind.FATAL:
             r.fatal = r.fatal or outcome
-            self.stop("fatal")
-        else:
-            status = "in_doubt" if outcome.kind == IN_DOUBT else "pending"
-            if outcome.kind == THROTTLED:
-                r.throttled += 1
-                self.limiter.throttled()
-        self.writer.outcome(row.key, outcome, status)
-        self.on_event("outcome", {"key": row.key, "kind": outcome.kind, "code": outcome.code})
-        if outcome.retryable and self.stop_reason is None:
-            self.retry(row, outcome, status)
+            self.stop(StopReason.FATAL)
+        elif kind == OutcomeKind.THROTTLED:
+            r.throttled += 1
+            self.limiter.throttled()
+        self.writer.outcome(row.key, outcome)
+        self.on_outcome(row.key, outcome)
+        if kind.retryable and self.stop_reason is None:
+            self.retry(row, outcome)
         else:
             self.tries.pop(row.key, None)
 
@@ -267,7 +290,7 @@ class _Run:
         base = max(100, max(self.initial_work, self.result.started) // 10)
         return base + self.result.submitted + self.result.failed
 
-    def retry(self, row: Row, outcome: Outcome, status: str) -> None:
+    def retry(self, row: Row, outcome: Outcome) -> None:
         # The cap and the backoff count this run's attempts: a request given up on last night gets its full
         # share again tonight (row.attempts, the lifetime count, goes to the state and the report).
         tries = self.tries.pop(row.key, 0) + 1
@@ -275,29 +298,19 @@ class _Run:
             self.result.gave_up += 1  # stays pending / in_doubt for the next run
             return
         if self.result.retries >= self.retries_allowed():
-            self.stop("retry-budget")
+            self.stop(StopReason.RETRY_BUDGET)
             return
         self.result.retries += 1
         self.tries[row.key] = tries
-        attempts = row.attempts + 1
-        # renewed credentials: nothing to wait for (the limiter still paces the call)
-        cap = min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**tries)
-        delay = 0.0 if outcome.kind == EXPIRED else self.rng.uniform(0, cap)
-        again = Row(
-            row.key,
-            row.seq,
-            row.job,
-            row.template,
-            row.id_kind,
-            row.video,
-            row.params,
-            status,
-            attempts,
-            row.job_id,
-            row.request_id,
-            outcome.code,
-            outcome.message,
-            row.submitted_at,
+        # a kind that does not back off (renewed credentials) has nothing to wait for; the limiter paces it
+        backoff_s = min(self.options.backoff_cap_s, self.options.backoff_base_s * 2**tries)
+        delay = self.rng.uniform(0, backoff_s) if outcome.kind.backs_off and not _testing else 0.0
+        again = dataclasses.replace(
+            row,
+            status=outcome.kind.status,
+            attempts=row.attempts + 1,
+            error_code=outcome.code,
+            error_message=outcome.message,
         )
         heapq.heappush(self.retries, (self.clock() + delay, row.seq, again))
         self.wakeup.set()
@@ -309,16 +322,17 @@ async def run_batch(
     limiter: Limiter,
     options: RunOptions,
     *,
-    on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None,
+    on_outcome: Callable[[str, Outcome], None] = lambda key, outcome: None,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     stop: anyio.Event | None = None,
     more_coming: Callable[[], bool] = lambda: False,
 ) -> RunResult:
     """Send everything the state has pending (and whatever an ingest still running adds, while
-    ``more_coming()``). Set ``stop`` to finish early (Ctrl-C): no new calls start, calls in flight get
-    ``drain_s`` to finish, and anything still unanswered is left 'sending' for State.recover()."""
-    run = _Run(state, sender, limiter, options, on_event, clock, rng or random.Random(), more_coming)
+    ``more_coming()``). ``on_outcome(key, outcome)`` hears of every attempt as it comes back. Set ``stop`` to
+    finish early (Ctrl-C): no new calls start, calls in flight get ``drain_s`` to finish, and anything still
+    unanswered is left 'sending' for State.recover()."""
+    run = _Run(state, sender, limiter, options, on_outcome, clock, rng or random.Random(), more_coming)
     run.initial_work = sum(state.counts()[s] for s in run.statuses)
     started = clock()
     async with anyio.create_task_group() as outer:
@@ -330,20 +344,20 @@ async def run_batch(
                 deadline = options.max_duration_s if options.max_duration_s is not None else math.inf
                 with anyio.move_on_after(deadline):
                     await (stop.wait() if stop is not None else anyio.sleep_forever())
-                    run.stop("interrupted")
+                    run.stop(StopReason.INTERRUPTED)
                     return
-                run.stop("max-duration")
+                run.stop(StopReason.MAX_DURATION)
 
         outer.start_soon(watch)
         async with run.writer.send, anyio.create_task_group() as calls:
             await run.dispatch(calls)
-            if run.stop_reason == "interrupted":
+            if run.stop_reason == StopReason.INTERRUPTED:
                 with anyio.move_on_after(options.drain_s):
                     while run.in_flight:
                         await run._wait(1.0)
                 calls.cancel_scope.cancel()
         watcher.cancel()
     result = run.result
-    result.stop_reason = run.stop_reason or ("max-requests" if run.limit_reached else None)
+    result.stop_reason = run.stop_reason or (StopReason.MAX_REQUESTS if run.limit_reached else None)
     result.elapsed_s = clock() - started
     return result

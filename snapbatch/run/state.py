@@ -26,21 +26,22 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from snapbatch.errors import LockedError, StateError
-from snapbatch.models import ACCEPTED, Request, tagged
+from snapbatch.models import ACCEPTED, Outcome, Request, RequestStatus, tagged
 
 __all__ = [
     "COMPLETIONS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
-    "STATUSES",
+    "Change",
     "Completion",
+    "Intent",
     "Row",
+    "Settled",
     "State",
+    "Unsent",
     "default_state_path",
 ]
 
-PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
-STATUSES = (PENDING, SENDING, SUBMITTED, "failed", "in_doubt")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS variants (id INTEGER PRIMARY KEY, params TEXT NOT NULL UNIQUE);
@@ -92,6 +93,32 @@ def default_state_path(manifest: Path, batch: str) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class Intent:
+    """The call for ``key`` is about to go out: it counts as an attempt, and after a crash as in doubt."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """An attempt for ``key`` came back with ``outcome``."""
+
+    key: str
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """An intent for ``key`` whose call never went out: back to ``status``, the attempt not counted."""
+
+    key: str
+    status: RequestStatus
+
+
+Change = Intent | Settled | Unsent
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     key: str
     seq: int
@@ -100,7 +127,7 @@ class Row:
     id_kind: str
     video: str
     params: dict[str, str]
-    status: str
+    status: RequestStatus
     attempts: int
     job_id: str | None
     request_id: str | None
@@ -182,10 +209,14 @@ class State:
 
     # -- locking --------------------------------------------------------------------------------------
 
+    @property
+    def lock_path(self) -> Path:
+        """The file a run holds locked (flock) while it runs, with its pid, host and start time."""
+        return self.path.with_suffix(self.path.suffix + ".lock")
+
     def lock(self, started: float) -> None:
         """Take the run lock, or raise LockedError naming the holder. A dead holder's lock is free."""
-        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
-        handle = lock_path.open("a+", encoding="utf-8")
+        handle = self.lock_path.open("a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -209,10 +240,9 @@ class State:
 
     def holder(self) -> dict[str, Any] | None:
         """Who holds the run lock now, or None."""
-        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
-        if not lock_path.exists():
+        if not self.lock_path.exists():
             return None
-        with lock_path.open("a+", encoding="utf-8") as handle:
+        with self.lock_path.open("a+", encoding="utf-8") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -381,25 +411,25 @@ class State:
         "WHERE key = ? AND status != 'submitted'",
     }
 
-    def apply(self, ops: list[tuple[Any, ...]]) -> None:
-        """Write a group of changes, in order, in one transaction: ("sending", key) records an intent,
-        ("outcome", key, Outcome, status) an attempt's result, ("unsend", key, status) takes back an intent
-        that was never sent."""
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Write a group of changes, in order, in one transaction."""
         now = self.clock()
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
-        for op in ops:
+        for change in changes:
             args: tuple[Any, ...]
-            if op[0] == "sending":
-                kind, args = "sending", (now, op[1])
-            elif op[0] == "unsend":
-                kind, args = "unsend", (op[2], now, op[1])
-            elif op[2].kind == ACCEPTED:
-                kind, args = "submitted", (op[2].job_id, op[2].request_id, now, now, op[1])
+            if isinstance(change, Intent):
+                kind, args = "sending", (now, change.key)
+            elif isinstance(change, Unsent):
+                kind, args = "unsend", (change.status, now, change.key)
+            elif change.outcome.kind == ACCEPTED:
+                outcome = change.outcome
+                kind, args = "submitted", (outcome.job_id, outcome.request_id, now, now, change.key)
             else:
-                outcome = op[2]
+                outcome = change.outcome
+                status = outcome.kind.status
                 kind, args = (
                     "other",
-                    (op[3], outcome.request_id, outcome.code or outcome.kind, outcome.message, now, op[1]),
+                    (status, outcome.request_id, outcome.code or outcome.kind, outcome.message, now, change.key),
                 )
             if runs and runs[-1][0] == kind:  # consecutive changes of one kind go in one executemany
                 runs[-1][1].append(args)
@@ -421,7 +451,7 @@ class State:
     def _row(self, raw: tuple[Any, ...]) -> Row:
         # the parameters exactly as sent: UserData.Extend carries the request key (see models.tagged)
         params = tagged({raw[4]: raw[5], **json.loads(raw[6])}, raw[0])
-        return Row(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], params, *raw[7:])
+        return Row(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], params, RequestStatus(raw[7]), *raw[8:])
 
     def pending(self, statuses: tuple[str, ...], after_seq: int, limit: int) -> list[Row]:
         """The next requests in manifest order whose status is one of ``statuses``, of this manifest."""
@@ -460,7 +490,7 @@ class State:
                 ).fetchall()
             )
             stale = self.reader.execute("SELECT COUNT(*) FROM requests WHERE generation < ?", (generation,)).fetchone()
-        result = {s: int(found.get(s, 0)) for s in STATUSES}
+        result = {s.value: int(found.get(s, 0)) for s in RequestStatus}
         result["not_in_manifest"] = int(stale[0])
         return result
 

@@ -25,9 +25,8 @@ from types import ModuleType
 from typing import Any
 
 from snapbatch.errors import CredentialsError
-from snapbatch.vod.credentials import _from_cli_config, _from_ini, find_credentials, ini_path
+from snapbatch.vod.credentials import Credentials, _from_cli_config, _from_ini, find_credentials, ini_path
 from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials, redact
-from snapbatch.vod.signing import Credentials
 
 __all__ = ["INSTALL", "Source", "chain_sources", "find_provider", "library", "sts_endpoint"]
 

@@ -13,14 +13,15 @@ import httpx
 from snapbatch import __version__
 from snapbatch.errors import CredentialsError
 from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
+from snapbatch.vod.api import API_VERSION
+from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.endpoint import check_url
 from snapbatch.vod.providers import CredentialsProvider, StaticCredentials
-from snapbatch.vod.signing import Credentials, canonical_query, sign_v3, v3_headers
+from snapbatch.vod.signing import canonical_query, sign_v3, v3_headers
 from snapbatch.vod.transport import LeanTransport
 
-__all__ = ["API_VERSION", "EXPIRED_TOKEN_CODES", "V3Auth", "VodClient", "classify", "parse_body"]
+__all__ = ["EXPIRED_TOKEN_CODES", "V3Auth", "VodClient", "classify", "parse_body"]
 
-API_VERSION = "2017-03-21"
 # what the OpenAPI gateway answers for an STS token past its expiry (SecurityTokenExpired is OSS's spelling,
 # which VOD's upload SDKs also check for)
 EXPIRED_TOKEN_CODES = {"InvalidSecurityToken.Expired", "SecurityTokenExpired"}

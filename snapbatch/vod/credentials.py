@@ -8,12 +8,12 @@ from __future__ import annotations
 import configparser
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from snapbatch.errors import CredentialsError
-from snapbatch.vod.signing import Credentials
 
-__all__ = ["find_credentials", "ini_path"]
+__all__ = ["Credentials", "find_credentials", "ini_path"]
 
 _HOW = (
     "give an AccessKey in one of three ways: (1) ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
@@ -22,6 +22,24 @@ _HOW = (
     "ALIBABA_CLOUD_PROFILE or its `current`; (3) a [default] section with access_key_id and access_key_secret "
     "in ~/.alibabacloud/credentials.ini (or the file ALIBABA_CLOUD_CREDENTIALS_FILE names)"
 )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An AccessKey pair and, for STS, its token. repr() never shows the secret or the token."""
+
+    access_key_id: str
+    access_key_secret: str
+    security_token: str | None = None
+    source: str = ""  # where they came from, for messages: "environment", "aliyun CLI profile 'x'", ...
+
+    def __repr__(self) -> str:
+        token = ", security_token=***" if self.security_token else ""
+        return (
+            f"Credentials(access_key_id={self.access_key_id!r}, access_key_secret=***{token}, source={self.source!r})"
+        )
+
+    __str__ = __repr__
 
 
 def find_credentials(env: Mapping[str, str], home: Path, profile: str | None = None) -> Credentials:

@@ -18,7 +18,8 @@ from typing import Protocol
 import anyio
 
 from snapbatch.errors import CredentialsError
-from snapbatch.vod.signing import Credentials
+from snapbatch.vod.api import TIMESTAMP_FORMAT
+from snapbatch.vod.credentials import Credentials
 
 __all__ = ["CredentialsProvider", "Fetch", "RenewingCredentials", "StaticCredentials", "redact"]
 
@@ -255,4 +256,4 @@ def describe(exc: BaseException) -> str:
 def _iso(t: float | None) -> str:
     if t is None:
         return "never"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime(TIMESTAMP_FORMAT)

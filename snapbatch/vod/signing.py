@@ -9,13 +9,13 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from snapbatch.vod.api import TIMESTAMP_FORMAT
+
 __all__ = [
     "V3_ALGORITHM",
-    "Credentials",
     "canonical_query",
     "encode",
     "iso_timestamp",
@@ -31,31 +31,13 @@ V3_ALGORITHM = "ACS3-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """An AccessKey pair and, for STS, its token. repr() never shows the secret or the token."""
-
-    access_key_id: str
-    access_key_secret: str
-    security_token: str | None = None
-    source: str = ""  # where they came from, for messages: "environment", "aliyun CLI profile 'x'", ...
-
-    def __repr__(self) -> str:
-        token = ", security_token=***" if self.security_token else ""
-        return (
-            f"Credentials(access_key_id={self.access_key_id!r}, access_key_secret=***{token}, source={self.source!r})"
-        )
-
-    __str__ = __repr__
-
-
 def encode(text: str) -> str:
     """Percent-encode UTF-8, keeping only A-Z a-z 0-9 - _ . ~ (space is %20, * is %2A)."""
     return quote(text, safe="~")
 
 
 def iso_timestamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
 
 
 def canonical_query(params: Mapping[str, str]) -> str:

@@ -1,0 +1,126 @@
+"""The run as a library caller gets it (run_manifest), the rule each outcome kind stands for, and the
+one-way imports that keep the emulator independent of the client."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapbatch.emulator import EmulatorConfig
+from snapbatch.errors import LockedError
+from snapbatch.manifest.load import load_manifest
+from snapbatch.models import Outcome, OutcomeKind, RequestStatus
+from snapbatch.run.runner import RunOptions, StopReason
+from snapbatch.run.session import RunEvents, run_manifest
+from snapbatch.run.state import State
+from snapbatch.vod.credentials import Credentials
+from tests.conftest import ROOT
+from tests.emulated import AK_ID, AK_SECRET, running
+from tests.test_run import _manifest
+
+
+class _Recorder(RunEvents):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def started(self, recovered: int) -> None:
+        self.seen.append(("started", recovered))
+
+    def ingested(self, total: int, new: int) -> None:
+        self.seen.append(("ingested", (total, new)))
+
+    def outcome(self, key: str, outcome: Outcome) -> None:
+        self.seen.append(("outcome", outcome.kind))
+
+
+def test_a_library_caller_gets_the_whole_run(tmp_path: Path) -> None:
+    """run_manifest locks, ingests, sends and records as `snapbatch run` does, and reports through the
+    events object: started, the ingest, every outcome; nothing printed."""
+    manifest = load_manifest(_manifest(tmp_path, 6), {})
+    known = {f"video-{i:05d}": None for i in range(5)}
+    events = _Recorder()
+    with running(EmulatorConfig(qps=1000, videos=known)) as emu:
+        finished = run_manifest(
+            manifest,
+            tmp_path / "s.sqlite3",
+            emu.url,
+            Credentials(AK_ID, AK_SECRET),
+            qps=200,
+            options=RunOptions(),
+            events=events,
+            handle_signals=False,
+        )
+    assert finished.result.submitted == 5 and finished.result.failed == 1 and finished.result.stop_reason is None
+    assert (finished.counts["submitted"], finished.counts["failed"], finished.counts["sending"]) == (5, 1, 0)
+    assert events.seen[0] == ("started", 0)
+    assert ("ingested", (6, 6)) in events.seen
+    kinds = [what for name, what in events.seen if name == "outcome"]
+    assert sorted(kinds) == sorted([OutcomeKind.ACCEPTED] * 5 + [OutcomeKind.FAILED])
+
+
+def test_a_locked_state_raises_locked_error(tmp_path: Path) -> None:
+    """Another run holds the state: run_manifest raises LockedError before sending anything."""
+    manifest = load_manifest(_manifest(tmp_path, 2), {})
+    holder = State(tmp_path / "s.sqlite3")
+    holder.lock(0.0)
+    try:
+        with running() as emu, pytest.raises(LockedError):
+            run_manifest(
+                manifest, tmp_path / "s.sqlite3", emu.url, Credentials(AK_ID, AK_SECRET), qps=10, options=RunOptions()
+            )
+        assert emu.emulator.calls == []
+    finally:
+        holder.close()
+
+
+def test_each_outcome_kind_stands_for_one_rule() -> None:
+    """The whole retry rule, in one table: which kinds are sent again (and after a backoff), which prove the
+    key works, which count toward an outage, and the status each leaves; the stored values never change."""
+    table = {
+        # kind: (value, retryable, backs_off, proves_credentials, counts_toward_outage, status)
+        OutcomeKind.ACCEPTED: ("accepted", False, False, True, False, RequestStatus.SUBMITTED),
+        OutcomeKind.THROTTLED: ("throttled", True, True, True, False, RequestStatus.PENDING),
+        OutcomeKind.TRANSIENT: ("transient", True, True, False, True, RequestStatus.PENDING),
+        OutcomeKind.IN_DOUBT: ("in_doubt", True, True, False, True, RequestStatus.IN_DOUBT),
+        OutcomeKind.FAILED: ("failed", False, False, True, False, RequestStatus.FAILED),
+        OutcomeKind.FATAL: ("fatal", False, False, False, False, RequestStatus.PENDING),
+        OutcomeKind.EXPIRED: ("expired", True, False, False, False, RequestStatus.PENDING),
+    }
+    assert set(table) == set(OutcomeKind)
+    for kind, row in table.items():
+        rules = (kind.retryable, kind.backs_off, kind.proves_credentials, kind.counts_toward_outage, kind.status)
+        assert (kind.value, *rules) == row, kind
+    assert [s.value for s in RequestStatus] == ["pending", "sending", "submitted", "failed", "in_doubt"]
+    assert {r.value for r in StopReason} == {
+        "fatal",
+        "max-requests",
+        "max-duration",
+        "retry-budget",
+        "outage",
+        "unreachable",
+        "interrupted",
+    }
+
+
+def _snapbatch_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("snapbatch"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("snapbatch")}
+    return found
+
+
+def test_the_emulator_depends_only_on_signing_and_the_api_facts() -> None:
+    """The emulator imports nothing of snapbatch but vod.signing and vod.api (so it follows the documented
+    service, not the client), and vod.api imports nothing of snapbatch at all."""
+    package = ROOT / "snapbatch"
+    for path in (package / "emulator").glob("*.py"):
+        outside = {m for m in _snapbatch_imports(path) if not m.startswith("snapbatch.emulator")}
+        assert outside <= {"snapbatch.vod.signing", "snapbatch.vod.api"}, (path, outside)
+    assert _snapbatch_imports(package / "vod" / "api.py") == set()
+    assert _snapbatch_imports(package / "vod" / "signing.py") == {"snapbatch.vod.api"}
