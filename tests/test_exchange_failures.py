@@ -9,7 +9,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,24 +55,24 @@ def scripted(answer: bytes, end: str = CLOSE, tls: ssl.SSLContext | None = None)
 
     async def handle(stream: anyio.abc.ByteStream) -> None:
         reader = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                served.heads.append(await reader.receive_until(b"\r\n\r\n", 65536))
-                await stream.send(answer)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-                await stream.aclose()
-                return
-            if end == KEEP:
-                continue
+        try:
+            while True:
+                try:
+                    served.heads.append(await reader.receive_until(b"\r\n\r\n", 65536))
+                    await stream.send(answer)
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                    return
+                if end != KEEP:
+                    break
             if end == RESET:
                 raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            if end == ABORT_TLS:
+            elif end == ABORT_TLS:
                 assert isinstance(stream, TLSStream)
                 await stream.transport_stream.aclose()
-            else:
+        finally:  # also when the server is stopped while a connection is open
+            with anyio.CancelScope(shield=True), suppress(anyio.BrokenResourceError, OSError, ssl.SSLError):
                 await stream.aclose()
-            return
 
     async def serve(*, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
