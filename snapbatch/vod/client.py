@@ -278,8 +278,12 @@ class VodClient:
             response = await self._send(self.request(action, params))
         except CredentialsError as exc:  # expired, and no fresh ones could be had: nothing was sent
             return Outcome(FATAL, code="InvalidSecurityToken.Expired", message=str(exc)), None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError) as exc:
-            return Outcome(TRANSIENT, message=f"{type(exc).__name__}: {exc}"), None  # nothing was sent
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+            url = exc.request.url
+            where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+            return Outcome(TRANSIENT, message=f"{type(exc).__name__}: cannot connect to {where}: {exc}"), None
+        except (httpx.PoolTimeout, httpx.LocalProtocolError) as exc:  # nothing was sent
+            return Outcome(TRANSIENT, message=f"{type(exc).__name__}: {exc}"), None
         except httpx.RequestError as exc:  # sent, or partly sent, and no usable answer: a job may exist
             return Outcome(IN_DOUBT, message=f"{type(exc).__name__}: {str(exc) or 'no answer'}"), None
         outcome, doc = answer_outcome(response)
