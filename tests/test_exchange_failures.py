@@ -21,7 +21,7 @@ from anyio.from_thread import start_blocking_portal
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSListener, TLSStream
 
-from snapbatch.models import ACCEPTED, IN_DOUBT, WRONG_ENDPOINT, Outcome
+from snapbatch.models import ACCEPTED, IN_DOUBT, TRANSIENT, WRONG_ENDPOINT, Outcome
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.signing import Credentials
 from tests.conftest import CliRunner
@@ -253,3 +253,61 @@ def test_run_against_a_redirect_stops_as_a_wrong_endpoint(cli: CliRunner, tmp_pa
     assert "not VOD's API" in result.err and "redirected to https://vod.cn-beijing.aliyuncs.com/" in result.err
     summary = json.loads(result.out)
     assert (summary["pending"], summary["submitted"], summary["stopped"]) == (5, 0, "wrong-endpoint")
+
+
+@contextmanager
+def connect_proxy() -> Iterator[Scripted]:
+    """An HTTP CONNECT proxy on loopback that tunnels to whatever loopback port it is asked for, recording
+    each CONNECT line in ``heads``."""
+    served = Scripted("")
+
+    async def pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+        with suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            async for chunk in source:
+                await sink.send(chunk)
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await sink.aclose()
+
+    async def handle(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            reader = BufferedByteReceiveStream(client)
+            head = await reader.receive_until(b"\r\n\r\n", 65536)
+            served.heads.append(head.split(b"\r\n", 1)[0])
+            host, _, port = head.split(b" ")[1].decode().rpartition(":")
+            assert host in ("localhost", "127.0.0.1"), host  # loopback only, whatever is asked
+            async with await anyio.connect_tcp("127.0.0.1", int(port)) as upstream:
+                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipe, upstream, client)
+                    await pipe(client, upstream)
+
+    async def serve(*, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
+            await listener.serve(handle)
+
+    with start_blocking_portal() as portal:
+        future, port = portal.start_task(serve)
+        served.url = f"http://127.0.0.1:{port}"
+        try:
+            yield served
+        finally:
+            future.cancel()
+
+
+def test_proxy_from_the_environment_with_the_same_trust_store(ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY in the environment carries the calls (a library caller gets it too, not just the CLI),
+    and the TLS inside the tunnel is checked against the same trust store as a direct call: trusted, the
+    call is accepted through the proxy; with the default store, the same call is refused at connect."""
+    server, client = _tls_pair(ca)
+    with scripted(ok(), KEEP, tls=server) as served, connect_proxy() as proxy:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        (trusted,) = submit(served.url, tls=client)
+        (untrusted,) = submit(served.url)
+        tunnels = list(proxy.heads)
+    port = served.url.rsplit(":", 1)[1]
+    assert (trusted.kind, trusted.job_id) == (ACCEPTED, "job-1")
+    assert untrusted.kind == TRANSIENT and "CERTIFICATE_VERIFY_FAILED" in (untrusted.message or "")
+    assert tunnels == [f"CONNECT localhost:{port} HTTP/1.1".encode()] * 2
