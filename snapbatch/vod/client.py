@@ -1,5 +1,5 @@
-"""One SubmitSnapshotJob call -> an Outcome. One pooled httpx.AsyncClient on httpx's own transport; a V3
-signature made per attempt; the request on the wire is the one the official V3 SDK sends."""
+"""One SubmitSnapshotJob call -> an Outcome, on httpx's own transport (small connection pools side by side); a
+V3 signature made per attempt; the request on the wire is the one the official V3 SDK sends."""
 
 from __future__ import annotations
 
