@@ -42,7 +42,9 @@ class Served:
 def emulator(workdir: Path, *args: str) -> Iterator[Served]:
     log = workdir / f"calls-{len(list(workdir.glob('calls-*')))}.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snapbatch", "emulator", "--log", str(log), *args], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "snapbatch", "emulator", "--query-only", "--log", str(log), *args],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().split()[-1]

@@ -99,8 +99,9 @@ class Request(NamedTuple):  # a tuple: cheap to make a million of
 # Outcome kinds. "accepted" made a job; "throttled" and "transient" certainly made none and may be retried;
 # "in_doubt" may have made one (the answer was lost); "failed" is this request's fault; "fatal" is the
 # account's or the credentials' and stops the run. "expired": the STS token had run out and fresh credentials
-# are at hand: certainly no job, and not the service failing, so it goes again at once.
-ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL, EXPIRED = (
+# are at hand: certainly no job, and not the service failing, so it goes again at once. "wrong_endpoint": what
+# answered is not VOD's API (a redirect, say): no job was made, and the run stops without blaming the key.
+ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL, EXPIRED, WRONG_ENDPOINT = (
     "accepted",
     "throttled",
     "transient",
@@ -108,6 +109,7 @@ ACCEPTED, THROTTLED, TRANSIENT, IN_DOUBT, FAILED, FATAL, EXPIRED = (
     "failed",
     "fatal",
     "expired",
+    "wrong_endpoint",
 )
 
 

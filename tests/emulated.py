@@ -1,4 +1,6 @@
-"""A real emulator on loopback, in its own thread and event loop, for tests."""
+"""A real emulator on loopback, in its own thread and event loop, for tests. Both helpers start it in
+query-only mode unless told otherwise: parameters count only from the query string, as on a gateway that
+ignores form bodies, so a client that put them anywhere else would fail here."""
 
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ class Running:
 
 
 @contextmanager
-def running(config: EmulatorConfig | None = None, *, wall: Callable[[], float] = time.time) -> Iterator[Running]:
+def running(
+    config: EmulatorConfig | None = None, *, wall: Callable[[], float] = time.time, query_only: bool = True
+) -> Iterator[Running]:
     """The emulator serving on a free loopback port; ``wall`` is its clock for timestamps and job times."""
     config = config or EmulatorConfig()
+    config.query_only = query_only
     if not config.credentials:
         config.credentials = {AK_ID: (AK_SECRET, None)}
     emulator = Emulator(config, wall=wall)
@@ -50,7 +55,7 @@ class Process:
 
 
 @contextmanager
-def process(tmp: Path, *args: str) -> Iterator[Process]:
+def process(tmp: Path, *args: str, query_only: bool = True) -> Iterator[Process]:
     """`snapbatch emulator` in a process of its own, as a real service would be: nothing it does shares a
     GIL or an event loop with the client, so arrival times at it are what a server would see."""
     log = tmp / "emulator-calls.jsonl"
@@ -66,6 +71,7 @@ def process(tmp: Path, *args: str) -> Iterator[Process]:
             AK_SECRET,
             "--log",
             str(log),
+            *(["--query-only"] if query_only else []),
             *args,
         ],
         stdout=subprocess.PIPE,

@@ -301,6 +301,12 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("--access-key-secret", default=EMULATOR_KEY_SECRET)
     p.add_argument("--security-token", help="require this STS token")
     p.add_argument("--seed", type=int, help="seed for faults and latency, for repeatable runs")
+    p.add_argument(
+        "--query-only",
+        action="store_true",
+        help="read API parameters from the query string only, ignoring a form body, as a gateway that reads "
+        "only the query would",
+    )
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain)")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument(
@@ -534,6 +540,7 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         callback_duplicate_rate=args.callback_duplicate,
         seed=args.seed,
         sts=None if args.sts_lifetime is None else StsConfig(lifetime_s=args.sts_lifetime or None),
+        query_only=args.query_only,
     )
     tls = _server_tls(args.tls_cert, args.tls_key)
     log = args.log.open("a", encoding="utf-8") if args.log else None

@@ -59,7 +59,6 @@ __all__ = [
 EXIT = {"ok": 0, "failed": 1, "usage": 2, "locked": 3, "fatal": 4, "stopped": 5, "state": 6, "interrupted": 130}
 
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _STOPS = {
     "max-requests": "--max-requests reached",
     "max-duration": "--max-duration reached",
@@ -67,6 +66,7 @@ _STOPS = {
     "outage": "the service looks down (many answers in a row were 5xx or lost)",
     "unreachable": "the endpoint never answered (the first calls could not connect or got no answer): check the "
     "endpoint URL, the network and any proxy or TLS interception",
+    "wrong-endpoint": "what answered is not VOD's API: check the endpoint URL (or region) and any proxy in between",
     "interrupted": "interrupted",
 }
 
@@ -119,7 +119,9 @@ def absorb_events(args: argparse.Namespace, manifest: Manifest, state: State) ->
 def _emulated(qps: float) -> Iterator[tuple[str, Credentials]]:
     """A throwaway emulator on a free loopback port, in its own thread."""
     creds = Credentials("emulator-" + secrets.token_hex(4), secrets.token_urlsafe(24), None, "the built-in emulator")
-    emulator = Emulator(EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}, qps=qps))
+    emulator = Emulator(
+        EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}, qps=qps, query_only=True)
+    )
     with start_blocking_portal() as portal:
         future, port = portal.start_task(emulator.serve)
         try:
@@ -138,11 +140,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
             return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out)
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
-    # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
-    proxied = any(env.get(name) for name in _PROXY_VARIABLES)
-    if proxied:
-        out.log("a proxy is configured in the environment; calls go through it")
-    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied)
+    return _run(args, manifest, endpoint, provider, qps, concurrency, out)
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
@@ -159,7 +157,6 @@ def _run(
     qps: float,
     concurrency: int,
     out: Out,
-    proxied: bool = False,
 ) -> int:
     state = State(_state_path(args, manifest))
     try:
@@ -193,9 +190,7 @@ def _run(
         switch = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
-            result = anyio.run(
-                _run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every, proxied
-            )
+            result = anyio.run(_run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every)
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
         finally:
@@ -212,7 +207,7 @@ def _run(
     elif result.stop_reason:
         last = result.last_error
         detail = ""
-        if last is not None and result.stop_reason in ("outage", "unreachable", "retry-budget"):
+        if last is not None and result.stop_reason in ("outage", "unreachable", "retry-budget", "wrong-endpoint"):
             detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
         out.log(
             f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}{detail}; the state is saved, run again "
@@ -247,7 +242,6 @@ async def _run_async(
     options: RunOptions,
     out: Out,
     progress_every: float | None,
-    proxied: bool,
 ) -> RunResult:
     stop = anyio.Event()
     limiter = Limiter(RateWindow(qps))
@@ -304,7 +298,7 @@ async def _run_async(
                 return
 
     async with (
-        VodClient(endpoint, creds, max_connections=options.concurrency, lean=not proxied) as client,
+        VodClient(endpoint, creds, max_connections=options.concurrency) as client,
         anyio.create_task_group() as tg,
     ):
         if threading.current_thread() is threading.main_thread():

@@ -117,6 +117,9 @@ class EmulatorConfig:
     # AccessKeyId -> the account whose per-second limit its calls count against (default: the key's own)
     accounts: dict[str, str] = field(default_factory=dict)
     sts: StsConfig | None = None  # also act as STS (AssumeRole, AssumeRoleWithOIDC, a credentials URI)
+    # read API parameters from the query string only, as a gateway that ignores form bodies would (a form
+    # body still counts for the V3 body hash); the official SDKs and snapbatch send none
+    query_only: bool = False
 
 
 @dataclass
@@ -221,6 +224,8 @@ class Emulator:
         params = {**query, **form}
         if self.sts is not None and (params.get("Action") in STS_ACTIONS or split.path == CREDENTIALS_URI_PATH):
             return self._handle_sts(method, split.path, params, entry, request_id)
+        if self.config.query_only:
+            params = query  # the VOD gateway of query_only: a form body's parameters do not count
         if "authorization" in headers:
             key_id, action, version = self._check_v3(method, split.path or "/", query, headers, body)
         else:

@@ -20,7 +20,17 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, Outcome
+from snapbatch.models import (
+    ACCEPTED,
+    EXPIRED,
+    FAILED,
+    FATAL,
+    IN_DOUBT,
+    THROTTLED,
+    TRANSIENT,
+    WRONG_ENDPOINT,
+    Outcome,
+)
 from snapbatch.run.limiter import Limiter
 from snapbatch.run.state import Row, State
 
@@ -61,10 +71,11 @@ class RunResult:
     started: int = 0  # requests started for the first time in this run
     calls: int = 0  # calls made, retries included
     gave_up: int = 0  # requests left pending or in doubt after options.max_attempts attempts
-    # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "unreachable", "interrupted"
+    # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "unreachable", "wrong-endpoint",
+    # "interrupted"
     stop_reason: str | None = None
     fatal: Outcome | None = None
-    last_error: Outcome | None = None  # the latest throttled, transient or lost answer
+    last_error: Outcome | None = None  # the latest throttled, transient or lost answer, or a wrong endpoint's
     elapsed_s: float = 0.0
     codes: dict[str, int] = field(default_factory=dict)
 
@@ -244,6 +255,10 @@ class _Run:
             status = "pending"  # a fatal answer made no job
             r.fatal = r.fatal or outcome
             self.stop("fatal")
+        elif outcome.kind == WRONG_ENDPOINT:
+            status = "pending"  # what answered is not VOD: no job was made
+            r.last_error = outcome
+            self.stop("wrong-endpoint")
         else:
             status = "in_doubt" if outcome.kind == IN_DOUBT else "pending"
             if outcome.kind == THROTTLED:
