@@ -35,7 +35,8 @@ from snapbatch.report import (
     status_text,
     summary_line,
 )
-from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
+from snapbatch.run.margin import MarginStore, cache_dir
 from snapbatch.run.runner import RunOptions, RunResult, run_batch
 from snapbatch.run.state import State, default_state_path
 from snapbatch.vod.chain import find_provider
@@ -142,13 +143,20 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     proxied = any(env.get(name) for name in _PROXY_VARIABLES)
     if proxied:
         out.log("a proxy is configured in the environment; calls go through it")
-    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied)
+    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied, cache_dir(env))
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
     """The endpoint URL: --endpoint, the manifest's, or the region's (--region, manifest, environment)."""
     region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
     return resolve_endpoint(args.endpoint, manifest.endpoint, region)
+
+
+def _account_key(creds: CredentialsProvider) -> str:
+    """Who owns the quota, across runs: the AccessKeyId, or for STS credentials (whose key id changes with
+    every renewal) the source they come from (a role, a profile)."""
+    current = creds.current()
+    return current.access_key_id if current.security_token is None else f"sts:{creds.source}"
 
 
 def _run(
@@ -160,8 +168,10 @@ def _run(
     concurrency: int,
     out: Out,
     proxied: bool = False,
+    cache: Path | None = None,
 ) -> int:
     state = State(_state_path(args, manifest))
+    margins = MarginStore(cache, endpoint, _account_key(creds)) if cache is not None else None
     try:
         state.lock(time.time())
         recovered = state.recover()
@@ -189,12 +199,22 @@ def _run(
             max_duration_s=args.max_duration,
         )
         # The state writer and the ingest run in threads; a shorter GIL switch interval keeps them from
-        # delaying a due call by up to the default 5 ms, which would eat the limiter's 6 ms margin.
+        # delaying a due call by up to the default 5 ms, which would eat into the limiter's margin.
         switch = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
             result = anyio.run(
-                _run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every, proxied
+                _run_async,
+                state,
+                manifest,
+                endpoint,
+                creds,
+                qps,
+                options,
+                out,
+                args.progress_every,
+                proxied,
+                margins,
             )
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
@@ -248,9 +268,16 @@ async def _run_async(
     out: Out,
     progress_every: float | None,
     proxied: bool,
+    margins: MarginStore | None = None,
 ) -> RunResult:
     stop = anyio.Event()
-    limiter = Limiter(RateWindow(qps))
+    learned = margins.load() if margins is not None else None
+    if learned is not None and learned > DEFAULT_MARGIN_S:
+        out.log(f"starting with the {learned * 1000:.0f} ms margin the last run on this key learned from throttles")
+    limiter = Limiter(
+        RateWindow(qps, learned_s=learned, now=time.monotonic()),
+        on_throttled=margins.save if margins is not None else None,
+    )
     tty = out.stderr.isatty()
     ingested = anyio.Event()
     events = {"submitted": 0, "throttled": 0, "failed": 0, "errors": 0}
@@ -316,6 +343,8 @@ async def _run_async(
             state, client, limiter, options, on_event=on_event, stop=stop, more_coming=lambda: not ingested.is_set()
         )
         abandon.set()  # an unfinished ingest commits as it goes and is redone next time
+        if margins is not None:
+            margins.save(limiter.window.margin(time.monotonic()))
         tg.cancel_scope.cancel()
     if tty:
         print(file=out.stderr)
