@@ -35,8 +35,9 @@ from snapbatch.report import (
     status_text,
     summary_line,
 )
-from snapbatch.run.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, RateWindow
 from snapbatch.run.margin import MarginStore, cache_dir
+from snapbatch.run.quota import Pacing, describe, open_limiter, resolve_quota
 from snapbatch.run.runner import RunOptions, RunResult, run_batch
 from snapbatch.run.state import State, default_state_path
 from snapbatch.vod.chain import find_provider
@@ -69,6 +70,7 @@ _STOPS = {
     "unreachable": "the endpoint never answered (the first calls could not connect or got no answer): check the "
     "endpoint URL, the network and any proxy or TLS interception",
     "interrupted": "interrupted",
+    "quota": "the shared quota could not be reached",
 }
 
 
@@ -134,16 +136,18 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     out.problems(manifest.warnings)
     qps = args.qps or manifest.qps
     concurrency = args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2))
-    if args.emulator:
+    quota = resolve_quota(args.quota, env.get("SNAPBATCH_QUOTA"), manifest.quota)
+    if args.emulator:  # a throwaway emulator and key: nothing to share with, nothing worth learning
         with _emulated(30.0) as (endpoint, creds):
-            return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out)
+            return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out, pacing=Pacing("off"))
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
     # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
     proxied = any(env.get(name) for name in _PROXY_VARIABLES)
     if proxied:
         out.log("a proxy is configured in the environment; calls go through it")
-    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied, cache_dir(env))
+    pacing = Pacing(quota, cache_dir(env), args.quota_wait)
+    return _run(args, manifest, endpoint, provider, qps, concurrency, out, proxied, pacing)
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
@@ -168,10 +172,10 @@ def _run(
     concurrency: int,
     out: Out,
     proxied: bool = False,
-    cache: Path | None = None,
+    pacing: Pacing | None = None,
 ) -> int:
     state = State(_state_path(args, manifest))
-    margins = MarginStore(cache, endpoint, _account_key(creds)) if cache is not None else None
+    pacing = pacing or Pacing("off")
     try:
         state.lock(time.time())
         recovered = state.recover()
@@ -214,7 +218,7 @@ def _run(
                 out,
                 args.progress_every,
                 proxied,
-                margins,
+                pacing,
             )
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
@@ -234,6 +238,8 @@ def _run(
         detail = ""
         if last is not None and result.stop_reason in ("outage", "unreachable", "retry-budget"):
             detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
+        if result.quota_error:
+            detail = f" ({result.quota_error}; nothing was sent meanwhile)"
         out.log(
             f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}{detail}; the state is saved, run again "
             "to continue"
@@ -268,16 +274,29 @@ async def _run_async(
     out: Out,
     progress_every: float | None,
     proxied: bool,
-    margins: MarginStore | None = None,
+    pacing: Pacing,
 ) -> RunResult:
     stop = anyio.Event()
+    margins = MarginStore(pacing.cache, endpoint, _account_key(creds)) if pacing.cache is not None else None
     learned = margins.load() if margins is not None else None
     if learned is not None and learned > DEFAULT_MARGIN_S:
         out.log(f"starting with the {learned * 1000:.0f} ms margin the last run on this key learned from throttles")
-    limiter = Limiter(
-        RateWindow(qps, learned_s=learned, now=time.monotonic()),
-        on_throttled=margins.save if margins is not None else None,
-    )
+    window = RateWindow(qps, learned_s=learned, now=time.monotonic())
+    paused: list[str] = []  # why the shared quota cannot be reached, while it cannot
+    paused_at = [0.0]
+
+    def on_store(problem: str | None) -> None:
+        if problem is not None:
+            paused[:] = [problem]
+            paused_at[0] = time.monotonic()
+            out.log(
+                f"the shared quota cannot be reached ({problem}); sending nothing until it can, retrying, for at "
+                f"most {pacing.outage_s:g} s"
+            )
+        else:
+            paused.clear()
+            out.log(f"the shared quota is back after {time.monotonic() - paused_at[0]:.1f} s; sending again")
+
     tty = out.stderr.isatty()
     ingested = anyio.Event()
     events = {"submitted": 0, "throttled": 0, "failed": 0, "errors": 0}
@@ -318,6 +337,8 @@ async def _run_async(
                 ingesting=not ingested.is_set(),
                 last_error=last_error[0] if last_error else None,
             )
+            if paused:
+                line += " | paused: waiting for the shared quota"
             if tty:
                 print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
             else:
@@ -330,7 +351,15 @@ async def _run_async(
                 stop.set()
                 return
 
+    if pacing.quota == "local" and pacing.cache is not None:
+        out.log("pacing shared with the other runs on this host that use this AccessKeyId and endpoint")
+    elif pacing.quota not in ("local", "off"):
+        out.log(f"pacing shared through {describe(pacing.quota)} with every run on this AccessKeyId and endpoint")
+    on_throttled = margins.save if margins is not None else None
     async with (
+        open_limiter(
+            pacing, window, endpoint, _account_key(creds), on_throttled=on_throttled, on_store=on_store, log=out.log
+        ) as limiter,
         VodClient(endpoint, creds, max_connections=options.concurrency, lean=not proxied) as client,
         anyio.create_task_group() as tg,
     ):
