@@ -78,17 +78,18 @@ class _nothing:
 
 def test_unreachable_redis_stops_the_run_with_exit_5(cli: CliRunner, tmp_path: Path) -> None:
     """--quota pointing at a Redis nobody serves: nothing is sent (never an unshared rate), the log says the
-    quota cannot be reached and that it retries, and after --quota-wait the run stops with exit 5, its
-    work left pending."""
+    quota cannot be reached and that it retries, the progress line says it is paused, and after
+    --quota-wait the run stops with exit 5, its work left pending."""
     (tmp_path / "ids.txt").write_text("a\nb\nc\n")
     manifest = tmp_path / "m.yaml"
     manifest.write_text("version: 1\nbatch: t\njobs:\n  - {name: all, videos: {file: ids.txt}, params: {Count: 1}}\n")
     with running() as emu:
-        quota = ["--quota", "redis://127.0.0.1:1/0", "--quota-wait", "1"]
+        quota = ["--quota", "redis://127.0.0.1:1/0", "--quota-wait", "2", "--progress-every", "0.1"]
         r = cli("run", str(manifest), "--endpoint", emu.url, *quota, env=ENV)
         assert emu.emulator.calls == []
     assert r.code == 5, r.err
     assert "the shared quota cannot be reached" in r.err and "retrying" in r.err
+    assert "paused: waiting for the shared quota" in r.err
     assert "stopped: the shared quota could not be reached" in r.err
     status = cli("status", str(manifest), "--json", env=ENV)
     assert json.loads(status.out)["counts"]["pending"] == 3, status.out
