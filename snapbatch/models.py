@@ -83,6 +83,7 @@ class Manifest:
     qps: float
     jobs: tuple[Job, ...]
     warnings: tuple[Problem, ...] = field(default=())
+    quota: str | None = None  # where runs on one key share its qps (see run/quota.py); None: not set
 
 
 class Request(NamedTuple):  # a tuple: cheap to make a million of

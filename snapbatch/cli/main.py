@@ -129,6 +129,19 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument(
         "--concurrency", type=_positive_int, help="calls in flight at most (default: enough for qps with 2.5 s answers)"
     )
+    p.add_argument(
+        "--quota",
+        metavar="WHERE",
+        help="share the key's qps with other runs: local (runs on this host; default), off (pace alone) or "
+        "redis://HOST:PORT/DB (runs on every machine using it); default: SNAPBATCH_QUOTA, else the manifest's",
+    )
+    p.add_argument(
+        "--quota-wait",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait, sending nothing, for an unreachable shared quota before stopping (exit 5; 60)",
+    )
     p.add_argument("--emulator", action="store_true", help="run against a built-in emulator on loopback")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
     p.add_argument("--retry-failed", action="store_true", help="send again what is recorded as failed")

@@ -35,7 +35,9 @@ from snapbatch.report import (
     status_text,
     summary_line,
 )
-from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, RateWindow
+from snapbatch.run.margin import MarginStore, cache_dir
+from snapbatch.run.quota import Pacing, describe, open_limiter, resolve_quota
 from snapbatch.run.runner import RunOptions, RunResult, run_batch
 from snapbatch.run.state import State, default_state_path
 from snapbatch.vod.chain import find_provider
@@ -68,6 +70,7 @@ _STOPS = {
     "endpoint URL, the network and any proxy or TLS interception",
     "wrong-endpoint": "what answered is not VOD's API: check the endpoint URL (or region) and any proxy in between",
     "interrupted": "interrupted",
+    "quota": "the shared quota could not be reached",
 }
 
 
@@ -135,18 +138,27 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     out.problems(manifest.warnings)
     qps = args.qps or manifest.qps
     concurrency = args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2))
-    if args.emulator:
+    quota = resolve_quota(args.quota, env.get("SNAPBATCH_QUOTA"), manifest.quota)
+    if args.emulator:  # a throwaway emulator and key: nothing to share with, nothing worth learning
         with _emulated(30.0) as (endpoint, creds):
-            return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out)
+            return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out, pacing=Pacing("off"))
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
-    return _run(args, manifest, endpoint, provider, qps, concurrency, out)
+    pacing = Pacing(quota, cache_dir(env), args.quota_wait)
+    return _run(args, manifest, endpoint, provider, qps, concurrency, out, pacing)
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
     """The endpoint URL: --endpoint, the manifest's, or the region's (--region, manifest, environment)."""
     region = resolve_region(args.region, manifest.region, env.get("ALIBABA_CLOUD_REGION_ID"))
     return resolve_endpoint(args.endpoint, manifest.endpoint, region)
+
+
+def _account_key(creds: CredentialsProvider) -> str:
+    """Who owns the quota, across runs: the AccessKeyId, or for STS credentials (whose key id changes with
+    every renewal) the source they come from (a role, a profile)."""
+    current = creds.current()
+    return current.access_key_id if current.security_token is None else f"sts:{creds.source}"
 
 
 def _run(
@@ -157,8 +169,10 @@ def _run(
     qps: float,
     concurrency: int,
     out: Out,
+    pacing: Pacing | None = None,
 ) -> int:
     state = State(_state_path(args, manifest))
+    pacing = pacing or Pacing("off")
     try:
         state.lock(time.time())
         recovered = state.recover()
@@ -186,11 +200,13 @@ def _run(
             max_duration_s=args.max_duration,
         )
         # The state writer and the ingest run in threads; a shorter GIL switch interval keeps them from
-        # delaying a due call by up to the default 5 ms, which would eat the limiter's 6 ms margin.
+        # delaying a due call by up to the default 5 ms, which would eat into the limiter's margin.
         switch = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
-            result = anyio.run(_run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every)
+            result = anyio.run(
+                _run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every, pacing
+            )
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
         finally:
@@ -209,6 +225,8 @@ def _run(
         detail = ""
         if last is not None and result.stop_reason in ("outage", "unreachable", "retry-budget", "wrong-endpoint"):
             detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
+        if result.quota_error:
+            detail = f" ({result.quota_error}; nothing was sent meanwhile)"
         out.log(
             f"stopped: {_STOPS.get(result.stop_reason, result.stop_reason)}{detail}; the state is saved, run again "
             "to continue"
@@ -242,9 +260,29 @@ async def _run_async(
     options: RunOptions,
     out: Out,
     progress_every: float | None,
+    pacing: Pacing,
 ) -> RunResult:
     stop = anyio.Event()
-    limiter = Limiter(RateWindow(qps))
+    margins = MarginStore(pacing.cache, endpoint, _account_key(creds)) if pacing.cache is not None else None
+    learned = margins.load() if margins is not None else None
+    if learned is not None and learned > DEFAULT_MARGIN_S:
+        out.log(f"starting with the {learned * 1000:.0f} ms margin the last run on this key learned from throttles")
+    window = RateWindow(qps, learned_s=learned, now=time.monotonic())
+    paused: list[str] = []  # why the shared quota cannot be reached, while it cannot
+    paused_at = [0.0]
+
+    def on_store(problem: str | None) -> None:
+        if problem is not None:
+            paused[:] = [problem]
+            paused_at[0] = time.monotonic()
+            out.log(
+                f"the shared quota cannot be reached ({problem}); sending nothing until it can, retrying, for at "
+                f"most {pacing.outage_s:g} s"
+            )
+        else:
+            paused.clear()
+            out.log(f"the shared quota is back after {time.monotonic() - paused_at[0]:.1f} s; sending again")
+
     tty = out.stderr.isatty()
     ingested = anyio.Event()
     events = {"submitted": 0, "throttled": 0, "failed": 0, "errors": 0}
@@ -285,6 +323,8 @@ async def _run_async(
                 ingesting=not ingested.is_set(),
                 last_error=last_error[0] if last_error else None,
             )
+            if paused:
+                line += " | paused: waiting for the shared quota"
             if tty:
                 print(f"\r{line}\x1b[K", end="", file=out.stderr, flush=True)
             else:
@@ -297,7 +337,15 @@ async def _run_async(
                 stop.set()
                 return
 
+    if pacing.quota == "local" and pacing.cache is not None:
+        out.log("pacing shared with the other runs on this host that use this AccessKeyId and endpoint")
+    elif pacing.quota not in ("local", "off"):
+        out.log(f"pacing shared through {describe(pacing.quota)} with every run on this AccessKeyId and endpoint")
+    on_throttled = margins.save if margins is not None else None
     async with (
+        open_limiter(
+            pacing, window, endpoint, _account_key(creds), on_throttled=on_throttled, on_store=on_store, log=out.log
+        ) as limiter,
         VodClient(endpoint, creds, max_connections=options.concurrency) as client,
         anyio.create_task_group() as tg,
     ):
@@ -310,6 +358,8 @@ async def _run_async(
             state, client, limiter, options, on_event=on_event, stop=stop, more_coming=lambda: not ingested.is_set()
         )
         abandon.set()  # an unfinished ingest commits as it goes and is redone next time
+        if margins is not None:
+            margins.save(limiter.window.margin(time.monotonic()))
         tg.cancel_scope.cancel()
     if tty:
         print(file=out.stderr)

@@ -145,7 +145,14 @@ class _Checker:
             raise ManifestError(self.problems)
         warnings = tuple(p for p in self.problems if p.severity == "warning")
         return Manifest(
-            manifest.path, manifest.batch, manifest.region, manifest.endpoint, manifest.qps, manifest.jobs, warnings
+            manifest.path,
+            manifest.batch,
+            manifest.region,
+            manifest.endpoint,
+            manifest.qps,
+            manifest.jobs,
+            warnings,
+            manifest.quota,
         )
 
     def errors(self) -> list[Problem]:
@@ -229,6 +236,8 @@ class _Checker:
                 return f"{inst!r} must be an http:// or https:// URL"
             if field == "region":
                 return f"{inst!r} is not a region ID such as cn-shanghai"
+            if field == "quota":
+                return f"{inst!r} is not local, off or a redis://HOST:PORT/DB URL"
             return f"{inst!r} does not match {err.validator_value}"
         if kind in ("minimum", "exclusiveMinimum"):
             word = "at least" if kind == "minimum" else "more than"
@@ -316,7 +325,13 @@ class _Checker:
             if built is not None:
                 jobs.append(built)
         return Manifest(
-            self.path, top["batch"], top.get("region"), endpoint, float(top.get("qps", DEFAULT_QPS)), tuple(jobs)
+            self.path,
+            top["batch"],
+            top.get("region"),
+            endpoint,
+            float(top.get("qps", DEFAULT_QPS)),
+            tuple(jobs),
+            quota=top.get("quota"),
         )
 
     def check_endpoint(self, endpoint: str) -> None:

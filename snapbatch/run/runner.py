@@ -32,6 +32,7 @@ from snapbatch.models import (
     Outcome,
 )
 from snapbatch.run.limiter import Limiter
+from snapbatch.run.quota import QuotaUnavailable
 from snapbatch.run.state import Row, State
 
 __all__ = ["RunOptions", "RunResult", "Sender", "run_batch"]
@@ -72,8 +73,9 @@ class RunResult:
     calls: int = 0  # calls made, retries included
     gave_up: int = 0  # requests left pending or in doubt after options.max_attempts attempts
     # None, "fatal", "max-requests", "max-duration", "retry-budget", "outage", "unreachable", "wrong-endpoint",
-    # "interrupted"
+    # "interrupted", "quota" (the shared quota's store stayed unreachable: quota_error says why)
     stop_reason: str | None = None
+    quota_error: str | None = None
     fatal: Outcome | None = None
     last_error: Outcome | None = None  # the latest throttled, transient or lost answer, or a wrong endpoint's
     elapsed_s: float = 0.0
@@ -143,6 +145,7 @@ class _Run:
         self.tries: dict[str, int] = {}  # attempts this run made of each request now waiting for a retry
         self.stop_reason: str | None = None
         self.wakeup = anyio.Event()
+        self.acquiring = anyio.CancelScope()  # a stop cuts a wait for a slot short (a shared quota may be away)
         self.page: list[Row] = []
         self.after_seq = 0
         self.exhausted = False
@@ -159,6 +162,7 @@ class _Run:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.wakeup.set()
+        self.acquiring.cancel()
 
     async def _wait(self, timeout_s: float) -> None:
         self.wakeup = anyio.Event()
@@ -209,7 +213,12 @@ class _Run:
                 while not self.proven and self.in_flight > 0 and self.stop_reason is None:
                     await self._wait(1.0)
                 if self.stop_reason is None:
-                    await self.limiter.acquire()
+                    with anyio.CancelScope() as self.acquiring:
+                        try:
+                            await self.limiter.acquire()
+                        except QuotaUnavailable as exc:
+                            self.result.quota_error = str(exc)
+                            self.stop("quota")
                 if self.stop_reason is not None:
                     slots.release()
                     for unsent in batch[index:]:  # marked sending but never sent: back as they were
