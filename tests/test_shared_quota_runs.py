@@ -32,8 +32,8 @@ def _manifests(tmp_path: Path, runs: int, n: int) -> list[Path]:
 @pytest.mark.parametrize(("runs", "backend"), [(2, "local"), (3, "local"), (2, "redis"), (3, "redis")])
 def test_concurrent_runs_share_the_quota(runs: int, backend: str, tmp_path: Path) -> None:
     """Two or three runs at once on one key, sharing on this host or through a real redis-server: every
-    request is accepted exactly once, no second at the server holds more than 30 accepted calls, each run
-    throttles at most once (not sharing, they throttle each other dozens of times), the runs overlap, and
+    request is accepted exactly once, no second at the server holds more than 30 accepted calls, few calls
+    are throttled (not sharing, they throttle each other on most calls), the runs overlap, and
     each says how it paces. Rates and fairness are bench/shared_runners.py's to measure."""
     n = 60
     with redis_server(tmp_path) if backend == "redis" else _nothing() as server:
@@ -57,9 +57,11 @@ def test_concurrent_runs_share_the_quota(runs: int, backend: str, tmp_path: Path
     ids = sorted(str(c["params"]["VideoId"]) for c in accepted)
     assert ids == sorted(f"run{r}-{i:04d}" for r in range(runs) for i in range(n))
     assert busiest_window([float(c["mono"]) for c in accepted]) <= 30
-    for r in range(runs):
-        mine = [c for c in calls if str(c["params"]["VideoId"]).startswith(f"run{r}-")]
-        assert sum(1 for c in mine if str(c.get("code", "")).startswith("Throttling")) <= 1, errs[r]
+    # Not sharing, each run believes it owns 30/s and about (runs-1)/runs of all calls are throttled. Sharing,
+    # a throttle comes only from arrival jitter beyond the margin, which a loaded 2-core machine can produce
+    # now and then: a tenth of the requests is a bound that still tells the two apart without timing luck.
+    throttled = sum(1 for c in calls if str(c.get("code", "")).startswith("Throttling"))
+    assert throttled <= runs * n // 10, errs
     spans = [
         [float(c["mono"]) for c in accepted if str(c["params"]["VideoId"]).startswith(f"run{r}-")] for r in range(runs)
     ]
