@@ -171,3 +171,26 @@ def test_more_connections_than_file_descriptors_do_not_kill_the_receiver(tmp_pat
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err
+
+
+def test_an_unauthenticated_receiver_behind_a_proxy_warns_once(tmp_path: Path) -> None:
+    """Without an auth key, the first callback forwarded by a proxy (X-Forwarded-For) logs a warning that
+    the receiver is reachable by anyone, once; the events are still recorded."""
+    store = EventStore(tmp_path / "events.sqlite3")
+    log: list[str] = []
+    receiver = Receiver(store, ReceiverConfig(), log=log.append)
+    try:
+        with start_blocking_portal() as portal:
+            future, port = portal.start_task(receiver.serve)
+            try:
+                assert _exchange(port, _request(_event("J1"))) == b"HTTP/1.1 200 OK"
+                assert not log
+                for job in ("J2", "J3"):
+                    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+                    assert _exchange(port, _request(_event(job), forwarded)) == b"HTTP/1.1 200 OK"
+            finally:
+                future.cancel()
+        assert store.count() == 3
+    finally:
+        store.close()
+    assert len(log) == 1 and "no auth key" in log[0] and "203.0.113.9" in log[0]

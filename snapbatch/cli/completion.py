@@ -53,7 +53,7 @@ def receive_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) 
     receiver = Receiver(
         store, ReceiverConfig(public_url=args.public_url, auth_keys=keys, max_age_s=args.max_age), log=out.log
     )
-    if not keys and args.host not in ("127.0.0.1", "::1", "localhost"):
+    if not keys and (args.public_url or args.host not in ("127.0.0.1", "::1", "localhost")):
         out.log(
             f"warning: no auth key ({AUTH_KEY_VARIABLE} or --auth-key-file): anyone who can reach this port can "
             "record events"

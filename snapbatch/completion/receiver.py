@@ -105,6 +105,7 @@ class Receiver:
             raise ValueError("auth keys need the public callback URL they sign")
         self.store, self.config, self.clock, self.log = store, config, clock, log
         self.stats = ReceiverStatistics()
+        self._warned_proxy = False
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](math.inf)
 
     def statistics(self) -> ReceiverStatistics:
@@ -137,7 +138,15 @@ class Receiver:
         """One request -> the HTTP status to answer."""
         self.stats.requests += 1
         # behind a reverse proxy the connection comes from the proxy: name the client it names
+        forwarded = headers.get("x-forwarded-for") or headers.get("forwarded")
         peer = headers.get("x-forwarded-for", peer).split(",")[0].strip() or peer
+        if forwarded and not self.config.auth_keys and not self._warned_proxy:
+            # listening on loopback does not make it private when a proxy forwards the internet to it
+            self._warned_proxy = True
+            self.log(
+                f"warning: callbacks arrive through a proxy (from {peer}) and no auth key is set: anyone who can "
+                "reach the proxy can record events; turn on authentication in the console and give its key"
+            )
         if method == "GET" and target.split("?")[0] in ("/health", "/healthz"):
             return 200
         if method != "POST":
