@@ -420,3 +420,16 @@ def test_poll_renews_credentials_ahead_of_expiry_in_the_background(
     assert fetches == ["STS.1", "STS.2"] and provider.renewals == 1 and "STS.2" in keys
     assert "as STS.1 (test source)" in polled.err  # the log names the source, never the secret
     assert "secret-STS" not in polled.err and "token-STS" not in polled.err
+
+
+def test_poll_says_when_there_is_no_event_store_beside_the_manifest(cli: CliRunner, tmp_path: Path) -> None:
+    """A receiver run from another directory writes its store elsewhere: poll, finding none beside the
+    manifest, says so and where it looked (else every failure's reason is silently GetJobDetail's none)."""
+    path = manifest(tmp_path, 2)
+    with rig(tmp_path, EmulatorConfig(qps=1000)) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+        (tmp_path / ".snapbatch" / "events.sqlite3").unlink()
+        polled = cli("poll", str(path), "--endpoint", r.url, env=ENV)
+    assert polled.code == 5, polled.err
+    assert f"no event store at {tmp_path / '.snapbatch' / 'events.sqlite3'}" in polled.err
+    assert "--events" in polled.err
