@@ -197,6 +197,22 @@ def test_poll_asks_about_jobs_whose_events_were_lost(cli: CliRunner, tmp_path: P
         }
 
 
+def test_poll_records_a_job_the_service_does_not_know_as_failed(cli: CliRunner, tmp_path: Path) -> None:
+    """Jobs the service no longer knows (here: a fresh emulator that never took them) are final after one
+    pass: failed with GetJobDetail's code, exit 1, so `poll --until-done` ends instead of asking forever."""
+    path = manifest(tmp_path, 6)
+    config = EmulatorConfig(qps=1000, job_seconds=60, callback_drop_rate=1.0)
+    with rig(tmp_path, config) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+    with rig(tmp_path / "elsewhere", EmulatorConfig(qps=1000, callback_drop_rate=1.0)) as fresh:
+        polled = cli("poll", str(path), "--endpoint", fresh.url, "--qps", "500", "--until-done", env=ENV)
+        assert polled.code == 1, polled.err
+        assert len(fresh.emulator.calls) == 6  # one pass: nothing is asked twice
+    rows = _report(cli, path)
+    assert {row["completion"] for row in rows} == {"failed"}
+    assert {row["completion_code"] for row in rows} == {"InvalidParameter"}
+
+
 def test_poll_until_done_waits_between_passes_and_times_out(tmp_path: Path) -> None:
     """poll_jobs with until_done: jobs processing at the first pass are asked again after the pause (an
     injected sleep that moves the emulator's clock) and found done; with jobs that never finish in time it
