@@ -21,6 +21,7 @@ __all__ = [
     "Manifest",
     "Outcome",
     "Request",
+    "Search",
     "Variant",
     "tagged",
 ]
@@ -47,6 +48,14 @@ class Loc:
 
 
 @dataclass(frozen=True, slots=True)
+class Search:
+    """A job's videos as a SearchMedia query: listed once, then frozen into the batch's state."""
+
+    match: str
+    sort_by: str = "CreationTime:Desc"
+
+
+@dataclass(frozen=True, slots=True)
 class IdSource:
     """Where a job's IDs come from: inline values, or a text/CSV file read lazily."""
 
@@ -56,6 +65,7 @@ class IdSource:
     file: Path | None = None
     column: str | None = None
     column_loc: Loc | None = None
+    search: Search | None = None
 
 
 @dataclass(frozen=True, slots=True)

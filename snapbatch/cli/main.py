@@ -27,7 +27,7 @@ from snapbatch.errors import (
     StateError,
     UsageError,
 )
-from snapbatch.manifest.expand import expand, survey
+from snapbatch.manifest.expand import expand, search_jobs, survey
 from snapbatch.manifest.load import load_manifest
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
 
@@ -474,7 +474,9 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
             if errors:
                 print(f"{path}: invalid ({len(errors)} error{'s' if len(errors) != 1 else ''})", file=out.stderr)
             else:
-                print(f"{path}: valid, {count} request{'s' if count != 1 else ''}", file=out.stdout)
+                searches = len(search_jobs(manifest))
+                listed = f" (+ {searches} search job{'s' if searches != 1 else ''}, listed when run)" if searches else ""
+                print(f"{path}: valid, {count} request{'s' if count != 1 else ''}{listed}", file=out.stdout)
         results.append(
             {
                 "file": str(path),
