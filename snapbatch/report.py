@@ -9,6 +9,7 @@ from typing import Any
 
 from snapbatch.manifest.expand import Survey
 from snapbatch.models import Manifest, Request, tagged
+from snapbatch.run.listings import ListingInfo
 from snapbatch.run.runner import RunResult
 from snapbatch.run.state import Row
 
@@ -16,6 +17,8 @@ __all__ = [
     "COMPLETION_WORDS",
     "REPORT_FIELDS",
     "duration",
+    "listing_document",
+    "listing_line",
     "plan_jsonl",
     "plan_line",
     "plan_summary",
@@ -202,6 +205,11 @@ def status_text(doc: Mapping[str, Any]) -> str:
         )
     else:
         lines.append("not running")
+    for item in doc.get("listings", []):
+        state = (
+            f"list taken {item['taken_at']}" if item["complete"] else f"listing since {item['started_at']}, unfinished"
+        )
+        lines.append(f"search job {item['job']}: {item['videos']} videos, {state} (query {item['match']!r})")
     if doc["recent_errors"]:
         lines.append("recent errors: " + ", ".join(f"{e['code']} x{e['count']}" for e in doc["recent_errors"]))
     done = doc.get("completion")
@@ -227,6 +235,40 @@ def status_text(doc: Mapping[str, Any]) -> str:
 
 def _utc(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _utc_text(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def listing_line(info: ListingInfo, *, ongoing: bool = False, fresh: bool = False) -> str:
+    """A search job's list: being taken (page by page), just taken, or frozen earlier."""
+    of = f" of {info.total}" if info.total is not None else ""
+    if ongoing or not info.complete:
+        return (
+            f"listing job {info.job} through SearchMedia: {info.listed}{of} videos, {info.pages} pages "
+            f"(started {_utc_text(info.started_at)}; resumable)"
+        )
+    assert info.finished_at is not None
+    verb = "listed now" if fresh else "frozen"
+    return (
+        f"job {info.job}: {info.listed} videos {verb}, list taken {_utc_text(info.finished_at)} "
+        f"(query {info.match!r}); `run --relist` lists again"
+    )
+
+
+def listing_document(info: ListingInfo) -> dict[str, Any]:
+    """One search job's list in `status --json` and `plan`."""
+    return {
+        "job": info.job,
+        "match": info.match,
+        "sort_by": info.sort_by,
+        "videos": info.listed,
+        "total": info.total,
+        "complete": info.complete,
+        "started_at": _utc_text(info.started_at),
+        "taken_at": _utc_text(info.finished_at) if info.finished_at is not None else None,
+    }
 
 
 def report_row(row: Row) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import anyio
 
 from snapbatch import __version__
 from snapbatch.cli.completion import AUTH_KEY_VARIABLE, poll_command, receive_command
-from snapbatch.cli.run import EXIT, Out, report_command, resolve_target, run_command, status_command
+from snapbatch.cli.run import EXIT, Out, plan_listings, report_command, resolve_target, run_command, status_command
 from snapbatch.emulator import CREDENTIALS_URI_PATH, Callbacks, Emulator, EmulatorConfig, StsConfig, load_videos
+from snapbatch.emulator.catalogue import load_catalogue
 from snapbatch.errors import (
     CredentialsError,
     LockedError,
@@ -30,6 +31,7 @@ from snapbatch.errors import (
 from snapbatch.manifest.expand import expand, search_jobs, survey
 from snapbatch.manifest.load import load_manifest
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
+from snapbatch.run.listings import ListingError
 
 __all__ = ["COMMANDS", "EXIT", "main"]
 
@@ -99,7 +101,9 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         "plan",
         help="show exactly what would be sent",
         formatter_class=fmt,
-        description="Show what `run` would send, without any network. text: a summary (requests per job and "
+        description="Show what `run` would send. Search jobs use the list frozen in the batch's state; without one "
+        "they are listed through SearchMedia now (credentials needed; --offline names them instead). Nothing else "
+        "touches the network. text: a summary (requests per job and "
         "template, duplicates folded, estimated duration), then one line per request. jsonl: one JSON object "
         "a line, {job, key, params}, params exactly as sent (no signature or common parameters).",
         epilog="examples:\n  snapbatch plan jobs.yaml\n  snapbatch plan jobs.yaml --format jsonl | head",
@@ -107,6 +111,13 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", type=Path)
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--summary", action="store_true", help="text format: the summary only, no request lines")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not list search jobs through SearchMedia (which needs credentials); name them instead",
+    )
+    _add_state_arg(p)
+    p.add_argument("--emulator", action="store_true", help="use the lists frozen by `run --emulator` rehearsals")
     _add_target_args(p)
     p.add_argument("--qps", type=_positive_float, help="estimate at this rate instead of the manifest's")
     p = sub.add_parser(
@@ -151,6 +162,17 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="send again the requests whose job failed after it was submitted (event or GetJobDetail said Fail)",
     )
     _add_events_arg(p)
+    p.add_argument(
+        "--relist",
+        action="store_true",
+        help="list search jobs through SearchMedia again instead of using the list frozen at their first run",
+    )
+    p.add_argument(
+        "--search-qps",
+        type=_positive_float,
+        metavar="N",
+        help="SearchMedia calls per second while listing search jobs (default 50, the documented limit)",
+    )
     p.add_argument(
         "--in-doubt",
         choices=("resend", "skip"),
@@ -295,6 +317,13 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         metavar="FILE",
         help="known videos, `VideoId` or `VideoId,ReferenceId` lines; others get InvalidVideo.NotFound",
     )
+    p.add_argument(
+        "--catalogue",
+        type=Path,
+        metavar="FILE",
+        help="videos for SearchMedia: JSON Lines of {VideoId, CateId, CreationTime, Status, Title, Tags}",
+    )
+    p.add_argument("--search-qps", type=_positive_float, default=50.0, help="SearchMedia calls per second (50)")
     p.add_argument("--log", type=Path, metavar="FILE", help="append every call as a JSON line (no secrets)")
     p.add_argument(
         "--job-seconds", type=float, default=2.0, help="a job is Processing this long, then completes (default 2)"
@@ -443,6 +472,9 @@ def main(
     except StateError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["state"]
+    except ListingError as exc:
+        print(f"snapbatch: {exc}", file=out.stderr)
+        return EXIT[exc.exit]
     except CredentialsError as exc:  # none found, or the exchange for them failed: nothing was sent
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["fatal"]
@@ -475,7 +507,9 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
                 print(f"{path}: invalid ({len(errors)} error{'s' if len(errors) != 1 else ''})", file=out.stderr)
             else:
                 searches = len(search_jobs(manifest))
-                listed = f" (+ {searches} search job{'s' if searches != 1 else ''}, listed when run)" if searches else ""
+                listed = (
+                    f" (+ {searches} search job{'s' if searches != 1 else ''}, listed when run)" if searches else ""
+                )
                 print(f"{path}: valid, {count} request{'s' if count != 1 else ''}{listed}", file=out.stdout)
         results.append(
             {
@@ -504,18 +538,20 @@ def _plan(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest = load_manifest(args.manifest, env)
     endpoint = resolve_target(args, manifest, env)
     qps = args.qps or manifest.qps
-    found = survey(manifest)  # reads every ID once more, so that nothing is printed for an invalid manifest
-    out.problems([*manifest.warnings, *found.warnings])
-    write = out.stdout.write
-    if args.format == "jsonl":
-        for line in plan_jsonl(expand(manifest, candidates=found.candidates)):
-            write(line)
-        return EXIT["ok"]
-    write(plan_summary(manifest, found, qps, endpoint))
-    if not args.summary:
-        write("\n")
-        for request in expand(manifest, candidates=found.candidates):
-            write(plan_line(request) + "\n")
+    with plan_listings(args, manifest, env, out) as listings:
+        # reads every ID once more, so that nothing is printed for an invalid manifest
+        found = survey(manifest, listings)
+        out.problems([*manifest.warnings, *found.warnings])
+        write = out.stdout.write
+        if args.format == "jsonl":
+            for line in plan_jsonl(expand(manifest, candidates=found.candidates, listings=listings)):
+                write(line)
+            return EXIT["ok"]
+        write(plan_summary(manifest, found, qps, endpoint))
+        if not args.summary:
+            write("\n")
+            for request in expand(manifest, candidates=found.candidates, listings=listings):
+                write(plan_line(request) + "\n")
     return EXIT["ok"]
 
 
@@ -540,6 +576,12 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         videos = load_videos(args.videos) if args.videos else None
     except OSError as exc:
         raise UsageError(f"cannot read --videos {args.videos}: {exc.strerror or exc}") from None
+    try:
+        catalogue = load_catalogue(args.catalogue) if args.catalogue else None
+    except OSError as exc:
+        raise UsageError(f"cannot read --catalogue {args.catalogue}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--catalogue: {exc}") from None
     config = EmulatorConfig(
         credentials={args.access_key_id: (args.access_key_secret, args.security_token)},
         qps=args.qps,
@@ -556,6 +598,8 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         seed=args.seed,
         sts=None if args.sts_lifetime is None else StsConfig(lifetime_s=args.sts_lifetime or None),
         query_only=args.query_only,
+        catalogue=catalogue,
+        search_qps=args.search_qps,
     )
     tls = _server_tls(args.tls_cert, args.tls_key)
     log = args.log.open("a", encoding="utf-8") if args.log else None

@@ -9,10 +9,12 @@ import math
 import secrets
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,12 +24,14 @@ from anyio.from_thread import start_blocking_portal
 from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.errors import Problem, SnapbatchError, StateError, UsageError
-from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
 from snapbatch.report import (
     COMPLETION_WORDS,
     REPORT_FIELDS,
+    listing_document,
+    listing_line,
     progress_line,
     report_row,
     run_summary,
@@ -35,7 +39,8 @@ from snapbatch.report import (
     status_text,
     summary_line,
 )
-from snapbatch.run.limiter import DEFAULT_MARGIN_S, RateWindow
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
+from snapbatch.run.listings import SEARCH_QPS, ListingError, ListingInfo, ListingStore, freeze_all, list_videos
 from snapbatch.run.margin import MarginStore, cache_dir
 from snapbatch.run.quota import Pacing, describe, open_limiter, resolve_quota
 from snapbatch.run.runner import RunOptions, RunResult, run_batch
@@ -52,6 +57,7 @@ __all__ = [
     "absorb_events",
     "events_path",
     "open_state",
+    "plan_listings",
     "report_command",
     "resolve_target",
     "run_command",
@@ -205,7 +211,19 @@ def _run(
         sys.setswitchinterval(0.0005)
         try:
             result = anyio.run(
-                _run_async, state, manifest, endpoint, creds, qps, options, out, args.progress_every, pacing
+                partial(
+                    _run_async,
+                    state,
+                    manifest,
+                    endpoint,
+                    creds,
+                    qps,
+                    options,
+                    out,
+                    args.progress_every,
+                    pacing,
+                    search=(getattr(args, "relist", False), getattr(args, "search_qps", None) or SEARCH_QPS),
+                )
             )
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
@@ -261,6 +279,7 @@ async def _run_async(
     out: Out,
     progress_every: float | None,
     pacing: Pacing,
+    search: tuple[bool, float] = (False, SEARCH_QPS),
 ) -> RunResult:
     stop = anyio.Event()
     margins = MarginStore(pacing.cache, endpoint, _account_key(creds)) if pacing.cache is not None else None
@@ -291,11 +310,15 @@ async def _run_async(
 
     abandon = threading.Event()
 
+    listing: list[ListingInfo] = []  # the page last committed, while a search job is being listed
+
     async def ingest() -> None:
-        fp = await anyio.to_thread.run_sync(fingerprint, manifest)
+        listings, mark = await _freeze(state, manifest, client, search, out, listing)
+        listing.clear()
+        fp = await anyio.to_thread.run_sync(fingerprint, manifest) + mark
         if state.needs_ingest(fp):
             total, new = await anyio.to_thread.run_sync(
-                state.ingest, expand(manifest, fold_duplicates=False), fp, manifest.batch, abandon
+                state.ingest, expand(manifest, fold_duplicates=False, listings=listings), fp, manifest.batch, abandon
             )
             if not abandon.is_set():
                 out.log(f"{total} requests in the manifest, {new} new to the state file")
@@ -315,13 +338,17 @@ async def _run_async(
         while True:
             await anyio.sleep(every)
             counts = await anyio.to_thread.run_sync(state.counts)
-            line = progress_line(
-                counts,
-                events,
-                time.monotonic() - started,
-                options.in_doubt == "resend",
-                ingesting=not ingested.is_set(),
-                last_error=last_error[0] if last_error else None,
+            line = (
+                listing_line(listing[-1], ongoing=True)
+                if listing
+                else progress_line(
+                    counts,
+                    events,
+                    time.monotonic() - started,
+                    options.in_doubt == "resend",
+                    ingesting=not ingested.is_set(),
+                    last_error=last_error[0] if last_error else None,
+                )
             )
             if paused:
                 line += " | paused: waiting for the shared quota"
@@ -366,6 +393,96 @@ async def _run_async(
     return result
 
 
+async def _freeze(
+    state: State,
+    manifest: Manifest,
+    client: VodClient,
+    search: tuple[bool, float],
+    out: Out,
+    listing: list[ListingInfo],
+) -> tuple[Listings, str]:
+    """List the manifest's search jobs into the state (or find them frozen there), at SearchMedia's own rate."""
+    jobs = [(job.name, job.ids.search) for job in search_jobs(manifest) if job.ids.search is not None]
+    if not jobs:
+        return {}, ""
+    relist, search_qps = search
+    store = ListingStore(state.path)
+
+    def on_done(info: ListingInfo, fresh: bool) -> None:
+        out.log(listing_line(info, fresh=fresh))
+
+    try:
+        return await freeze_all(
+            store,
+            jobs,
+            client,
+            Limiter(RateWindow(search_qps)),
+            relist=relist,
+            on_page=lambda info: listing.append(info) if not listing else listing.__setitem__(-1, info),
+            on_done=on_done,
+        )
+    finally:
+        store.close()
+
+
+@contextmanager
+def plan_listings(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str], out: Out) -> Iterator[Listings]:
+    """The search jobs' lists for `plan`: the batch's frozen ones where it has them, else listed now through
+    SearchMedia into a scratch file (needs credentials and the network). A job that cannot be listed is named
+    and left out; the rest of the plan stands."""
+    jobs = [(job.name, job.ids.search) for job in search_jobs(manifest) if job.ids.search is not None]
+    found: dict[str, Any] = {}
+    state_path = _state_path(args, manifest)
+    frozen = {info.job: info for info in ListingStore.read(state_path)} if state_path.exists() else {}
+    todo = []
+    for name, search in jobs:
+        info = frozen.get(name)
+        if info is not None and info.complete and (info.match, info.sort_by) == (search.match, search.sort_by):
+            out.log(listing_line(info))
+            found[name] = info
+        else:
+            todo.append((name, search))
+    listings: dict[str, Any] = {}
+    if found:
+        listings.update(ListingStore(state_path).listings(list(found)))
+    if not todo:
+        yield listings
+        return
+    names = ", ".join(name for name, _ in todo)
+    if getattr(args, "offline", False):
+        out.log(f"--offline: search jobs {names} are not listed, so their requests are not shown")
+        yield listings
+        return
+    with tempfile.TemporaryDirectory(prefix="snapbatch-plan-") as scratch:
+        try:
+            endpoint = resolve_target(args, manifest, env)
+            provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), None, log=out.log)
+        except SnapbatchError as exc:
+            out.log(f"cannot list search jobs {names} (listing needs credentials): {exc}; their requests are not shown")
+            yield listings
+            return
+        store = ListingStore(Path(scratch) / "plan.sqlite3")
+        out.log(f"listing search jobs {names} through SearchMedia at {endpoint} as {provider.source} (not frozen)")
+
+        async def list_all() -> None:
+            limiter = Limiter(RateWindow(SEARCH_QPS))
+            async with VodClient(endpoint, provider) as client:
+                for name, search in todo:
+                    try:
+                        info = await list_videos(store, name, search, client, limiter)
+                    except ListingError as exc:
+                        out.log(f"cannot list search job {name}: {exc}; its requests are not shown")
+                        continue
+                    out.log(f"job {name}: {info.listed} videos match now (listed for this plan only)")
+                    listings.update(store.listings([name]))
+
+        try:
+            anyio.run(list_all)
+        finally:
+            store.close()
+        yield listings
+
+
 def _exit_code(result: RunResult, after: dict[str, int]) -> int:
     if result.stop_reason == "interrupted":
         return EXIT["interrupted"]
@@ -404,6 +521,7 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     finally:
         state.close()
     doc = status_document(manifest.batch, counts, holder, recent / window, window, errors, completion)
+    doc["listings"] = [listing_document(info) for info in ListingStore.read(state.path)]
     if args.json:
         print(json.dumps(doc), file=out.stdout)
     else:

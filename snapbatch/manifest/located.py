@@ -75,9 +75,13 @@ class Document:
     def value_at(self, path: Path) -> Any:
         node: Any = self.value
         for part in path:
-            node = node[part] if isinstance(node, (dict, list)) else None
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                return None
         return node
-
 
     def mark(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
         """The line and column of ``path`` (its key when ``key``), or of its nearest located ancestor."""

@@ -1,0 +1,339 @@
+"""Search jobs: the Match subset, the emulator's SearchMedia over a 250,000-video catalogue, the listing frozen
+into the state, resumed after kill -9, and `plan`/`status` around it."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from snapbatch.emulator import EmulatorConfig
+from snapbatch.emulator.catalogue import Catalogue, CatalogueError
+from snapbatch.manifest.match import MatchError, parse
+from snapbatch.models import Search
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.listings import ListingStore, list_videos
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
+from tests.conftest import CliRunner
+from tests.emulated import AK_ID, AK_SECRET, running
+
+ENV = {"ALIBABA_CLOUD_ACCESS_KEY_ID": AK_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": AK_SECRET, "HOME": "/nonexistent"}
+N = 250_000
+STATUSES = ["Normal", "Checking", "Blocked", "UploadSucc", "TranscodeFail"]
+T0 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rows(n: int = N, seed: int = 12) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "VideoId": f"{i:08x}{rng.getrandbits(96):024x}",
+                "CateId": rng.choice((1000, 1234, 2000, 3000)),
+                "CreationTime": _iso(T0 + rng.randrange(365 * 86400)),
+                "Status": rng.choice(STATUSES),
+                "Title": rng.choice(("news", "sport", "series-x ep", "trailer")) + f" {i}",
+                "Tags": rng.sample(["series-x", "hd", "kids", "archive"], rng.randrange(3)),
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, Any]]:
+    return _rows()
+
+
+@pytest.fixture(scope="module")
+def catalogue(rows: list[dict[str, Any]]) -> Catalogue:
+    catalogue = Catalogue()
+    for row in rows:
+        catalogue.add(row)
+    return catalogue
+
+
+def _expected(rows: list[dict[str, Any]], keep: Any, descending: bool = True) -> list[str]:
+    """Computed from the generated rows alone: filter, then CreationTime order with ties in catalogue order."""
+    chosen = [(r["CreationTime"], i, r["VideoId"]) for i, r in enumerate(rows) if keep(r)]
+    if descending:
+        chosen.sort(key=lambda c: (_neg(c[0]), c[1]))
+    else:
+        chosen.sort(key=lambda c: (c[0], c[1]))
+    return [c[2] for c in chosen]
+
+
+def _neg(iso: str) -> int:
+    return -int(datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+
+
+def _scroll(catalogue: Catalogue, match: str, sort_by: str = "CreationTime:Desc") -> list[str]:
+    """Every result through the ScrollToken traversal, page by page, as a client would."""
+    out: list[str] = []
+    token = ""
+    page = 1
+    while True:
+        params = {"Match": match, "SortBy": sort_by, "PageNo": str(page), "PageSize": "100"}
+        if token:
+            params["ScrollToken"] = token
+        body = catalogue.search(params, "r")
+        token = body["ScrollToken"]
+        out += [m["MediaId"] for m in body["MediaList"]]
+        if len(body["MediaList"]) < 100:
+            return out
+        page += 1
+
+
+QUERIES = [
+    ("CateId = 1234", lambda r: r["CateId"] == 1234),
+    (
+        "Status in ('Normal','Checking') and CreationTime = ['2026-03-01T00:00:00Z','2026-04-01T00:00:00Z')",
+        lambda r: r["Status"] in ("Normal", "Checking") and "2026-03-01T00:00:00Z" <= r["CreationTime"] < "2026-04-01",
+    ),
+    (
+        "(Tags = 'series-x' or Title = 'trailer') and Status = 'Normal' and CateId in (1000, 3000)",
+        lambda r: (
+            ("series-x" in r["Tags"] or "trailer" in r["Title"])
+            and r["Status"] == "Normal"
+            and r["CateId"] in (1000, 3000)
+        ),
+    ),
+    ("Title = 'series-x'", lambda r: "series-x" in r["Title"]),
+]
+
+
+@pytest.mark.parametrize(("match", "keep"), QUERIES, ids=[q[0][:30] for q in QUERIES])
+def test_catalogue_search_gives_exactly_the_matching_ids(
+    catalogue: Catalogue, rows: list[dict[str, Any]], match: str, keep: Any
+) -> None:
+    """A ScrollToken traversal of the 250,000-video catalogue returns exactly the videos the query selects,
+    in CreationTime order; the offline parser accepts the same expression."""
+    parse(match)
+    assert _scroll(catalogue, match) == _expected(rows, keep)
+
+
+def test_ascending_sort(catalogue: Catalogue, rows: list[dict[str, Any]]) -> None:
+    """SortBy CreationTime:Asc reverses the order (ties stay in catalogue order)."""
+    got = _scroll(catalogue, "CateId = 2000", "CreationTime:Asc")
+    assert got == _expected(rows, lambda r: r["CateId"] == 2000, descending=False)
+
+
+def test_paging_limits(catalogue: Catalogue) -> None:
+    """PageNo paging stops at 5,000 results; a ScrollToken may move at most 100 records from its last page,
+    and belongs to its own query."""
+    base = {"Match": "CateId = 1234", "PageSize": "100"}
+    assert len(catalogue.search({**base, "PageNo": "50"}, "r")["MediaList"]) == 100
+    with pytest.raises(CatalogueError, match="5000"):
+        catalogue.search({**base, "PageNo": "51"}, "r")
+    token = catalogue.search({**base, "PageNo": "1"}, "r")["ScrollToken"]
+    assert catalogue.search({**base, "PageNo": "2", "ScrollToken": token}, "r")["MediaList"]
+    with pytest.raises(CatalogueError, match="100 records"):
+        catalogue.search({**base, "PageNo": "4", "ScrollToken": token}, "r")
+    with pytest.raises(CatalogueError, match="ScrollToken"):
+        catalogue.search({**base, "Match": "CateId = 1000", "PageNo": "3", "ScrollToken": token}, "r")
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "words"),
+    [
+        ("Status != 'Normal'", 7, "not an operator"),
+        ("CateId = 1 or CateId = 2", 11, "inside parentheses"),
+        ("CreationTime = 'x'", 13, "takes a range"),
+        ("CateId = 'abc'", 10, "whole number"),
+        ("(CateId = 1 and Status = 'Normal' or CateId = 2)", 34, "mixing"),
+    ],
+)
+def test_match_errors_point_at_the_offending_character(text: str, offset: int, words: str) -> None:
+    """The parser says what is wrong and where, as an offset the manifest loader turns into LINE:COL."""
+    with pytest.raises(MatchError) as caught:
+        parse(text)
+    assert caught.value.offset == offset and words in caught.value.message
+
+
+def _search_manifest(tmp_path: Path, match: str, extra_ids: list[str]) -> Path:
+    (tmp_path / "ids.txt").write_text("".join(f"{v}\n" for v in extra_ids))
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            batch: s
+            defaults: {{Count: 1}}
+            jobs:
+              - name: found
+                videos:
+                  search: {json.dumps(match)}
+              - name: listed
+                videos: {{file: ids.txt}}
+            """
+        )
+    )
+    return path
+
+
+def test_run_freezes_the_listing_and_relist_takes_it_again(
+    cli: CliRunner, tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]
+) -> None:
+    """A search job runs end to end: exactly the matching videos are sent, an ID file's overlap is folded;
+    a video uploaded later is not sent by the next run (the list is frozen), and `run --relist` adds it."""
+    match = "CateId = 1234 and Status = 'Blocked' and CreationTime = ('2026-06-01T00:00:00Z','2026-08-01T00:00:00Z')"
+    expected = _expected(
+        rows,
+        lambda r: r["CateId"] == 1234 and r["Status"] == "Blocked" and "2026-06-01" < r["CreationTime"] < "2026-08-01",
+    )
+    assert 1000 < len(expected) < 5000
+    manifest = _search_manifest(tmp_path, match, [*expected[:10], "someone-else-0001"])
+    config = EmulatorConfig(qps=1000, search_qps=1000, catalogue=catalogue)
+    with running(config) as emu:
+        args = ("run", str(manifest), "--endpoint", emu.url, "--qps", "1000", "--search-qps", "500", "--json")
+        first = cli(*args, env=ENV)
+        assert first.code == 0, first.err
+        sent = [c["params"]["VideoId"] for c in emu.emulator.calls if c.get("action") == "SubmitSnapshotJob"]
+        assert sorted(sent) == sorted([*expected, "someone-else-0001"])  # overlap folded: each video once
+        searches = [c for c in emu.emulator.calls if c.get("action") == "SearchMedia"]
+        assert all(c["params"]["PageSize"] == "100" and c["params"]["Fields"] == "VideoId" for c in searches)
+        assert all("ScrollToken" in c["params"] for c in searches[1:])
+        assert "videos listed now" in first.err
+
+        catalogue.add(
+            {"VideoId": "uploaded-later", "CateId": 1234, "Status": "Blocked", "CreationTime": _iso(T0 + 170 * 86400)}
+        )
+        try:
+            second = cli(*args, env=ENV)
+            status = cli("status", str(manifest), "--json")
+            assert second.code == 0 and json.loads(second.out)["submitted"] == 0, second.err
+            assert "frozen" in second.err
+            listing = json.loads(status.out)["listings"][0]
+            assert (listing["job"], listing["videos"], listing["complete"]) == ("found", len(expected), True)
+            assert listing["taken_at"].endswith("UTC")
+            third = cli(*args, "--relist", env=ENV)
+            assert third.code == 0 and json.loads(third.out)["submitted"] == 1, third.err
+        finally:
+            catalogue.ids.pop(), catalogue.cate.pop(), catalogue.ctime.pop(), catalogue.status.pop()
+            catalogue.titles.pop(), catalogue.tags.pop()
+
+
+def test_changed_query_needs_relist(cli: CliRunner, tmp_path: Path, catalogue: Catalogue) -> None:
+    """A frozen list is never silently swapped for another query's: the run exits 2 and names --relist."""
+    config = EmulatorConfig(qps=1000, search_qps=1000, catalogue=catalogue)
+    with running(config) as emu:
+        manifest = _search_manifest(tmp_path, "VideoId in ('nope')", ["v-000001"])
+        assert cli("run", str(manifest), "--endpoint", emu.url, env=ENV).code == 0
+        _search_manifest(tmp_path, "VideoId in ('other')", ["v-000001"])
+        again = cli("run", str(manifest), "--endpoint", emu.url, env=ENV)
+    assert again.code == 2 and "--relist" in again.err
+
+
+_KILLER = """
+import os, signal, sys, anyio
+from pathlib import Path
+from snapbatch.models import Search
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.listings import ListingStore, list_videos
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
+
+url, path, match, ak, secret = sys.argv[1:]
+
+def on_page(info):
+    if info.pages == 7:  # committed; now die as hard as a process can
+        os.kill(os.getpid(), signal.SIGKILL)
+
+async def main():
+    async with VodClient(url, Credentials(ak, secret, None, "test")) as client:
+        await list_videos(ListingStore(Path(path)), "found", Search(match), client, Limiter(RateWindow(1000)),
+                          on_page=on_page)
+
+anyio.run(main)
+"""
+
+
+def test_listing_resumes_after_kill_9(tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]) -> None:
+    """A listing killed with SIGKILL after page 7 continues at page 8 with its ScrollToken and ends with
+    exactly the set an uninterrupted listing gives; every page is committed before the next is asked for."""
+    match = "CateId = 3000 and Status = 'Checking'"
+    expected = _expected(rows, lambda r: r["CateId"] == 3000 and r["Status"] == "Checking")
+    state = tmp_path / "s.sqlite3"
+    config = EmulatorConfig(qps=1000, search_qps=1000, catalogue=catalogue)
+    with running(config) as emu:
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLER, emu.url, str(state), match, AK_ID, AK_SECRET], check=False
+        )
+        assert killed.returncode == -9
+        store = ListingStore(state)
+        info = store.info("found")
+        assert info is not None and (info.pages, info.listed, info.complete) == (7, 700, False)
+        before = len(emu.emulator.calls)
+
+        committed: list[int] = []
+
+        class Checked(VodClient):
+            async def call(self, action: str, params: Any) -> Any:
+                now = store.info("found")
+                assert now is not None
+                committed.append(now.listed)
+                assert now.listed == (int(params["PageNo"]) - 1) * 100  # the earlier pages are all in the state
+                return await super().call(action, params)
+
+        async def resume() -> None:
+            async with Checked(emu.url, Credentials(AK_ID, AK_SECRET, None, "test")) as client:
+                await list_videos(store, "found", Search(match), client, Limiter(RateWindow(1000)))
+
+        anyio.run(resume)
+        resumed = emu.emulator.calls[before]
+    assert resumed["params"]["PageNo"] == "8" and resumed["params"].get("ScrollToken")
+    assert list(store.videos("found")) == expected
+    done = store.info("found")
+    assert done is not None and done.complete and done.listed == len(expected)
+    store.close()
+
+
+def test_plan_offline_names_search_jobs(cli: CliRunner, tmp_path: Path) -> None:
+    """Without credentials or with --offline, plan shows the rest of the manifest and names the search jobs."""
+    manifest = _search_manifest(tmp_path, "CateId = 1", ["v-000001"])
+    offline = cli("plan", str(manifest), "--offline")
+    assert offline.code == 0 and "v-000001" in offline.out and "found" in offline.err and "--offline" in offline.err
+    nocreds = cli("plan", str(manifest), env={"HOME": str(tmp_path)})
+    assert nocreds.code == 0 and "v-000001" in nocreds.out
+    assert "cannot list search jobs found (listing needs credentials)" in nocreds.err
+
+
+def test_plan_lists_search_results(
+    cli: CliRunner, tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]
+) -> None:
+    """With credentials, plan lists the search job through SearchMedia and shows its requests, freezing nothing."""
+    expected = _expected(rows, lambda r: r["VideoId"].startswith("0000000"))
+    ids = ", ".join(f"'{v}'" for v in expected)
+    manifest = _search_manifest(tmp_path, f"VideoId in ({ids})", [])
+    (tmp_path / "ids.txt").write_text("v-000001\n")
+    with running(EmulatorConfig(search_qps=1000, catalogue=catalogue)) as emu:
+        plan = cli("plan", str(manifest), "--endpoint", emu.url, "--format", "jsonl", env=ENV)
+    assert plan.code == 0, plan.err
+    videos = [json.loads(line)["params"]["VideoId"] for line in plan.out.splitlines()]
+    assert videos == [*expected, "v-000001"]
+    assert not (tmp_path / ".snapbatch").exists()
+
+
+def test_listing_streams_into_the_store(tmp_path: Path) -> None:
+    """The frozen list is read back in chunks by a generator, not loaded whole."""
+    store = ListingStore(tmp_path / "x.sqlite3")
+    info = store.start("j", Search("CateId = 1"), 0.0)
+    for page in range(3):
+        info = store.add_page(info, [f"v{page}-{i}" for i in range(100)], "t", 300)
+    videos = store.videos("j")
+    assert iter(videos) is videos  # a generator
+    assert next(videos) == "v0-0" and sum(1 for _ in videos) == 299
+    store.close()
