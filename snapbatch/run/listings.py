@@ -194,7 +194,8 @@ class ListingStore:
 
     def videos(self, job: str) -> Iterator[str]:
         """The job's listed VideoIds in listing order, streamed in chunks on a connection of its own."""
-        db = sqlite3.connect(self.path, isolation_level=None)
+        # an abandoned ingest may let this generator be closed by another thread
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             last = 0
             while True:
