@@ -55,12 +55,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         catalogue(work / "catalogue.jsonl", n)
-        for label, server_qps, client_qps in (("50/s (documented limit)", "50", "50"), ("limit lifted", "100000", "2000")):
+        modes = (("50/s (documented limit)", "50", "50"), ("limit lifted", "100000", "2000"))
+        for label, server_qps, client_qps in modes:
             run_dir = work / label.split()[0].replace("/", "")
             run_dir.mkdir()
             manifest = run_dir / "m.yaml"
             manifest.write_text(
-                "version: 1\nbatch: bench\njobs:\n  - name: all\n    videos: {search: \"CateId = 1234 and "
+                'version: 1\nbatch: bench\njobs:\n  - name: all\n    videos: {search: "CateId = 1234 and '
                 "Status = 'Normal'\"}\n    params: {Count: 1}\n"
             )
             with emulator(work, "--catalogue", str(work / "catalogue.jsonl"), "--search-qps", server_qps) as served:
