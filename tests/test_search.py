@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,14 +17,14 @@ import anyio
 import pytest
 
 from snapbatch.emulator import EmulatorConfig
-from snapbatch.emulator.catalogue import Catalogue, CatalogueError
+from snapbatch.emulator.catalogue import Catalogue, CatalogueError, load_catalogue
 from snapbatch.manifest.match import MatchError, parse
 from snapbatch.models import Search
 from snapbatch.run.limiter import Limiter, RateWindow
 from snapbatch.run.listings import ListingStore, list_videos
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.signing import Credentials
-from tests.conftest import CliRunner
+from tests.conftest import ROOT, CliRunner
 from tests.emulated import AK_ID, AK_SECRET, running
 
 ENV = {"ALIBABA_CLOUD_ACCESS_KEY_ID": AK_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": AK_SECRET, "HOME": "/nonexistent"}
@@ -336,4 +337,57 @@ def test_listing_streams_into_the_store(tmp_path: Path) -> None:
     videos = store.videos("j")
     assert iter(videos) is videos  # a generator
     assert next(videos) == "v0-0" and sum(1 for _ in videos) == 299
+    store.close()
+
+
+def test_search_example_is_in_the_valid_corpus() -> None:
+    """jobs.search.example.yaml is in the valid corpus byte for byte, as jobs.example.yaml is."""
+    corpus = ROOT / "tests" / "manifests" / "valid" / "jobs.search.example.yaml"
+    assert corpus.read_bytes() == (ROOT / "jobs.search.example.yaml").read_bytes()
+
+
+def test_search_example_runs_end_to_end_from_the_readme(cli: CliRunner, tmp_path: Path) -> None:
+    """The README's preview: plan lists 142 requests (one folded), run sends exactly those, status says when."""
+    shutil.copy(ROOT / "jobs.search.example.yaml", tmp_path)
+    shutil.copytree(ROOT / "catalog", tmp_path / "catalog")
+    manifest = str(tmp_path / "jobs.search.example.yaml")
+    catalogue = load_catalogue(tmp_path / "catalog" / "catalogue.example.jsonl")
+    with running(EmulatorConfig(catalogue=catalogue)) as emu:
+        plan = cli("plan", manifest, "--endpoint", emu.url, "--summary", env=ENV)
+        run = cli("run", manifest, "--endpoint", emu.url, "--json", env=ENV)
+        accepted = [c["params"] for c in emu.emulator.calls if c.get("outcome") == "accepted"]
+        sent = [(p["VideoId"], p["Count"]) for p in accepted]  # a video in both searches: two parameter sets
+    status = cli("status", manifest)
+    assert plan.code == 0 and "142 requests (1 duplicate folded)" in plan.out, plan.err
+    assert run.code == 0 and json.loads(run.out)["submitted"] == 142, run.err
+    assert len(sent) == len(set(sent)) == 142
+    assert "search job category-1234: 83 videos, list taken" in status.out
+    assert "search job series-x: 59 videos, list taken" in status.out
+
+
+def test_listing_rides_out_throttling_and_errors(
+    tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]
+) -> None:
+    """Throttling.User and 5xx answers during a listing slow it (the limiter is told) and retry the same
+    page; the list comes out exactly as without faults."""
+    match = "CateId = 2000 and Status = 'UploadSucc'"
+    expected = _expected(rows, lambda r: r["CateId"] == 2000 and r["Status"] == "UploadSucc")
+    config = EmulatorConfig(
+        search_qps=1000, catalogue=catalogue, faults={"Throttling.User": 0.2, "InternalError": 0.1}, seed=5
+    )
+    store = ListingStore(tmp_path / "s.sqlite3")
+    limiter = Limiter(RateWindow(1000))
+    with running(config) as emu:
+
+        async def go() -> None:
+            async with VodClient(emu.url, Credentials(AK_ID, AK_SECRET, None, "test")) as client:
+                await list_videos(
+                    store, "j", Search(match), client, limiter, rng=random.Random(1), backoff_base_s=0.001
+                )
+
+        anyio.run(go)
+        codes = [c.get("code") for c in emu.emulator.calls]
+    assert "Throttling.User" in codes and "InternalError" in codes
+    assert limiter.window.throttles  # the limiter heard about the throttling
+    assert list(store.videos("j")) == expected
     store.close()
