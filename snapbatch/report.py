@@ -81,7 +81,7 @@ def plan_summary(manifest: Manifest, found: Survey, qps: float, endpoint: str) -
         + (f" ({folded} duplicate{'s' if folded != 1 else ''} folded)" if folded else ""),
         f"endpoint {endpoint}, at most {qps:g} calls/s: {_about(duration(found.unique / qps))} at full rate",
     ]
-    width = max((len(job) for job, _ in found.per_variant), default=3)
+    width = max((len(job.name) for job in manifest.jobs), default=3)  # search jobs not listed have no count
     for job in manifest.jobs:
         for variant in job.variants:
             count = found.per_variant.get((job.name, variant.template), 0)

@@ -391,3 +391,40 @@ def test_listing_rides_out_throttling_and_errors(
     assert limiter.window.throttles  # the limiter heard about the throttling
     assert list(store.videos("j")) == expected
     store.close()
+
+
+def test_listing_progress_is_shown(
+    cli: CliRunner, tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]
+) -> None:
+    """While a search job is listed, the progress line says so: videos of the total, pages (resumable).
+    The listing takes at least 1.5 s (15+ pages at 10/s, the limiter's guarantee); progress comes every 0.05 s."""
+    window = "CreationTime = ('2026-01-01T00:00:00Z','2026-03-01T00:00:00Z')"
+    manifest = _search_manifest(tmp_path, f"CateId = 1234 and Status = 'Normal' and {window}", ["v-000001"])
+    total = len(
+        _expected(
+            rows,
+            lambda r: (
+                r["CateId"] == 1234
+                and r["Status"] == "Normal"
+                and r["CreationTime"] > "2026-01-01T00:00:00Z"
+                and r["CreationTime"] < "2026-03-01T00:00:00Z"
+            ),
+        )
+    )
+    assert total > 1500
+    with running(EmulatorConfig(qps=1000, search_qps=1000, catalogue=catalogue)) as emu:
+        r = cli(
+            "run",
+            str(manifest),
+            "--endpoint",
+            emu.url,
+            "--qps",
+            "1000",
+            "--search-qps",
+            "10",
+            "--progress-every",
+            "0.05",
+            env=ENV,
+        )
+    assert r.code == 0, r.err
+    assert "listing job found through SearchMedia:" in r.err and f"of {total} videos" in r.err

@@ -154,6 +154,12 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="how long to wait, sending nothing, for an unreachable shared quota before stopping (exit 5; 60)",
     )
     p.add_argument("--emulator", action="store_true", help="run against a built-in emulator on loopback")
+    p.add_argument(
+        "--catalogue",
+        type=Path,
+        metavar="FILE",
+        help="with --emulator: the videos its SearchMedia finds for search jobs (JSON Lines, see `emulator`)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
     p.add_argument("--retry-failed", action="store_true", help="send again what is recorded as failed")
     p.add_argument(
@@ -276,6 +282,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         description="Serve a local ApsaraVideo VOD endpoint until stopped (Ctrl-C): it checks V1 and V3 "
         "signatures, the timestamp, nonce reuse and STS tokens, enforces the per-second limit per AccessKeyId "
         "(Throttling.User), answers SubmitSnapshotJob and GetJobDetail with the real JSON and HTTP statuses, "
+        "SearchMedia over a --catalogue (PageNo and ScrollToken paging, 50 calls/s), "
         "and injects faults on request. Prints where it listens and which credentials it accepts.",
         epilog="examples:\n  snapbatch emulator --port 8080\n"
         "  snapbatch emulator --port 8443 --tls-cert cert.pem --tls-key key.pem   # HTTPS; clients trust it with "

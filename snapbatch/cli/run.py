@@ -23,6 +23,7 @@ from anyio.from_thread import start_blocking_portal
 
 from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig
+from snapbatch.emulator.catalogue import Catalogue, load_catalogue
 from snapbatch.errors import Problem, SnapbatchError, StateError, UsageError
 from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
@@ -125,12 +126,14 @@ def absorb_events(args: argparse.Namespace, manifest: Manifest, state: State) ->
 
 
 @contextmanager
-def _emulated(qps: float) -> Iterator[tuple[str, Credentials]]:
+def _emulated(qps: float, catalogue: Catalogue | None = None) -> Iterator[tuple[str, Credentials]]:
     """A throwaway emulator on a free loopback port, in its own thread."""
     creds = Credentials("emulator-" + secrets.token_hex(4), secrets.token_urlsafe(24), None, "the built-in emulator")
-    emulator = Emulator(
-        EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}, qps=qps, query_only=True)
+    config = EmulatorConfig(
+        credentials={creds.access_key_id: (creds.access_key_secret, None)}, qps=qps, query_only=True
     )
+    config.catalogue = catalogue
+    emulator = Emulator(config)
     with start_blocking_portal() as portal:
         future, port = portal.start_task(emulator.serve)
         try:
@@ -146,12 +149,28 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
     concurrency = args.concurrency or min(256, max(4, math.ceil(qps * 2.5) + 2))
     quota = resolve_quota(args.quota, env.get("SNAPBATCH_QUOTA"), manifest.quota)
     if args.emulator:  # a throwaway emulator and key: nothing to share with, nothing worth learning
-        with _emulated(30.0) as (endpoint, creds):
+        catalogue = _catalogue(args, manifest, out)
+        with _emulated(30.0, catalogue) as (endpoint, creds):
             return _run(args, manifest, endpoint, StaticCredentials(creds), qps, concurrency, out, pacing=Pacing("off"))
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
     pacing = Pacing(quota, cache_dir(env), args.quota_wait)
     return _run(args, manifest, endpoint, provider, qps, concurrency, out, pacing)
+
+
+def _catalogue(args: argparse.Namespace, manifest: Manifest, out: Out) -> Catalogue | None:
+    """The built-in emulator's catalogue for search jobs (`run --emulator --catalogue FILE`)."""
+    path = getattr(args, "catalogue", None)
+    if path is None:
+        if search_jobs(manifest):
+            out.log("the built-in emulator has no catalogue, so search jobs find no videos; give --catalogue FILE")
+        return None
+    try:
+        return load_catalogue(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read --catalogue {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--catalogue: {exc}") from None
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
