@@ -22,9 +22,9 @@ import anyio
 from snapbatch.errors import SnapbatchError, StateError
 from snapbatch.models import EXPIRED, FAILED, FATAL, THROTTLED, Outcome, Search
 from snapbatch.run.limiter import Limiter
+from snapbatch.run.state import State
 
 __all__ = [
-    "LISTING_DDL",
     "MAX_SCROLLED",
     "PAGE_SIZE",
     "SEARCH_QPS",
@@ -39,27 +39,6 @@ __all__ = [
 PAGE_SIZE = 100
 SEARCH_QPS = 50.0  # SearchMedia's documented limit per account
 MAX_SCROLLED = 2_000_000
-# The listing tables, kept apart from the requests' schema so that they can become one step of the state
-# file's migrations.
-LISTING_DDL = """
-CREATE TABLE IF NOT EXISTS listings (
-    job TEXT PRIMARY KEY,
-    match TEXT NOT NULL,
-    sort_by TEXT NOT NULL,
-    scroll_token TEXT,
-    pages INTEGER NOT NULL DEFAULT 0,
-    listed INTEGER NOT NULL DEFAULT 0,
-    total INTEGER,
-    started_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE TABLE IF NOT EXISTS listed_videos (
-    job TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    video TEXT NOT NULL,
-    PRIMARY KEY (job, seq)
-) WITHOUT ROWID;
-"""
 
 
 class ListingError(SnapbatchError):
@@ -92,17 +71,16 @@ class ListingInfo:
 
 
 class ListingStore:
-    """The listing tables of one state file (or of a scratch file, for `plan`), on a connection of its own."""
+    """The listing tables of one state file (or of a scratch file, for `plan`), on a connection of its own.
+    The tables belong to the state's schema (snapbatch.run.state.MIGRATIONS), brought up to date here."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        State(path).close()  # creates or migrates the file
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
-            self.db.executescript(LISTING_DDL)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state file {path}: {exc}; check the path and its permissions") from None
 
