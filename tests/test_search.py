@@ -428,3 +428,18 @@ def test_listing_progress_is_shown(
         )
     assert r.code == 0, r.err
     assert "listing job found through SearchMedia:" in r.err and f"of {total} videos" in r.err
+
+
+def test_builtin_emulator_with_a_catalogue_and_plan_of_its_rehearsal(cli: CliRunner, tmp_path: Path) -> None:
+    """`run --emulator --catalogue` lists and sends the example; `plan --emulator` then shows the frozen
+    lists of that rehearsal, and before any rehearsal names the search jobs instead of calling anything."""
+    shutil.copy(ROOT / "jobs.search.example.yaml", tmp_path)
+    shutil.copytree(ROOT / "catalog", tmp_path / "catalog")
+    manifest = str(tmp_path / "jobs.search.example.yaml")
+    before = cli("plan", manifest, "--emulator", "--summary")
+    assert before.code == 0 and "no `run --emulator` has listed them yet" in before.err
+    assert "1 request" in before.out
+    run = cli("run", manifest, "--emulator", "--catalogue", str(tmp_path / "catalog" / "catalogue.example.jsonl"))
+    assert run.code == 0, run.err
+    after = cli("plan", manifest, "--emulator", "--summary")
+    assert after.code == 0 and "142 requests" in after.out and "83 videos frozen" in after.err

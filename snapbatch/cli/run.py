@@ -468,8 +468,9 @@ def plan_listings(args: argparse.Namespace, manifest: Manifest, env: Mapping[str
         yield listings
         return
     names = ", ".join(name for name, _ in todo)
-    if getattr(args, "offline", False):
-        out.log(f"--offline: search jobs {names} are not listed, so their requests are not shown")
+    if getattr(args, "offline", False) or getattr(args, "emulator", False):
+        why = "--offline" if getattr(args, "offline", False) else "no `run --emulator` has listed them yet"
+        out.log(f"{why}: search jobs {names} are not listed, so their requests are not shown")
         yield listings
         return
     with tempfile.TemporaryDirectory(prefix="snapbatch-plan-") as scratch:
