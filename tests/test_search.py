@@ -443,3 +443,11 @@ def test_builtin_emulator_with_a_catalogue_and_plan_of_its_rehearsal(cli: CliRun
     assert run.code == 0, run.err
     after = cli("plan", manifest, "--emulator", "--summary")
     assert after.code == 0 and "142 requests" in after.out and "83 videos frozen" in after.err
+
+
+def test_validate_names_search_jobs(cli: CliRunner) -> None:
+    """validate counts only what it can without the network and names the search jobs, in text and JSON."""
+    text = cli("validate", str(ROOT / "jobs.search.example.yaml"))
+    assert text.code == 0 and "valid, 1 request (+ 2 search jobs, listed when run)" in text.out
+    doc = json.loads(cli("validate", str(ROOT / "jobs.search.example.yaml"), "--format", "json").out)
+    assert doc["manifests"][0]["search_jobs"] == ["category-1234", "series-x"]

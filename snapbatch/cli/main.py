@@ -499,11 +499,13 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
     for path in args.manifests:
         problems: list[Problem] = []
         count = None
+        searches: list[str] = []  # listed only when run: their requests are not counted here
         try:
             manifest = load_manifest(path, env)
             found = survey(manifest)
             problems = [*manifest.warnings, *found.warnings]
             count = found.unique
+            searches = [job.name for job in search_jobs(manifest)]
         except ManifestError as exc:
             problems = exc.problems
             worst = EXIT["usage"]
@@ -513,16 +515,15 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
             if errors:
                 print(f"{path}: invalid ({len(errors)} error{'s' if len(errors) != 1 else ''})", file=out.stderr)
             else:
-                searches = len(search_jobs(manifest))
-                listed = (
-                    f" (+ {searches} search job{'s' if searches != 1 else ''}, listed when run)" if searches else ""
-                )
+                plural = "s" if len(searches) != 1 else ""
+                listed = f" (+ {len(searches)} search job{plural}, listed when run)" if searches else ""
                 print(f"{path}: valid, {count} request{'s' if count != 1 else ''}{listed}", file=out.stdout)
         results.append(
             {
                 "file": str(path),
                 "valid": not errors,
                 "requests": count,
+                "search_jobs": searches,
                 "problems": [
                     {
                         "file": p.file,
