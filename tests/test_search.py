@@ -451,3 +451,31 @@ def test_validate_names_search_jobs(cli: CliRunner) -> None:
     assert text.code == 0 and "valid, 1 request (+ 2 search jobs, listed when run)" in text.out
     doc = json.loads(cli("validate", str(ROOT / "jobs.search.example.yaml"), "--format", "json").out)
     assert doc["manifests"][0]["search_jobs"] == ["category-1234", "series-x"]
+
+
+def test_a_run_stopped_while_listing_exits_5_and_the_next_one_finishes(
+    cli: CliRunner, tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]
+) -> None:
+    """--max-duration 0.5 s cuts a listing that takes at least 3 s (16+ pages at 5/s): exit 5, the listing
+    is unfinished and resumable; the next run completes it and sends exactly the matching set."""
+    window = "CreationTime = ('2026-01-01T00:00:00Z','2026-03-01T00:00:00Z')"
+    manifest = _search_manifest(tmp_path, f"CateId = 1234 and Status = 'Normal' and {window}", ["v-000001"])
+    expected = _expected(
+        rows,
+        lambda r: (
+            r["CateId"] == 1234
+            and r["Status"] == "Normal"
+            and "2026-01-01T00:00:00Z" < r["CreationTime"] < "2026-03-01T00:00:00Z"
+        ),
+    )
+    with running(EmulatorConfig(qps=1000, search_qps=1000, catalogue=catalogue)) as emu:
+        base = ("run", str(manifest), "--endpoint", emu.url, "--qps", "1000")
+        cut = cli(*base, "--search-qps", "5", "--max-duration", "0.5", env=ENV)
+        assert cut.code == 5, cut.err
+        assert "the listing of search jobs found is unfinished" in cut.err
+        info = ListingStore.read(tmp_path / ".snapbatch" / "s.sqlite3")[0]
+        assert not info.complete and info.listed < len(expected)
+        done = cli(*base, "--search-qps", "1000", "--json", env=ENV)
+        accepted = [c["params"]["VideoId"] for c in emu.emulator.calls if c.get("outcome") == "accepted"]
+    assert done.code == 0, done.err
+    assert sorted(accepted) == sorted([*expected, "v-000001"])

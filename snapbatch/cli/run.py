@@ -276,7 +276,13 @@ def _run(
     out.log(summary_line(summary))
     if args.json:
         print(json.dumps(summary), file=out.stdout)
-    return _exit_code(result, after)
+    code = _exit_code(result, after)
+    names = {job.name for job in search_jobs(manifest)}
+    unfinished = [i.job for i in ListingStore.read(state.path) if not i.complete and i.job in names]
+    if unfinished and code == EXIT["ok"]:  # stopped while listing: nothing pending yet, but work is left
+        out.log(f"the listing of search jobs {', '.join(unfinished)} is unfinished; run again to continue it")
+        code = EXIT["interrupted"] if result.stop_reason == "interrupted" else EXIT["stopped"]
+    return code
 
 
 def _first_snapbatch_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
