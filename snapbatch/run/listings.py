@@ -232,7 +232,8 @@ async def list_videos(
             "Match": search.match,
             "SortBy": search.sort_by,
             "SearchType": "video",
-            "Fields": "VideoId",  # MediaId comes back anyway; nothing else is needed
+            # no Fields: by default SearchMedia returns only MediaId (the VideoId), CreationTime and MediaType,
+            # the least it can, and all that is needed
             "PageNo": str(info.pages + 1),
             "PageSize": str(PAGE_SIZE),
         }
