@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from snapbatch.emulator import EmulatorConfig
+from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.emulator.catalogue import Catalogue, CatalogueError, load_catalogue
 from snapbatch.manifest.match import MatchError, parse
 from snapbatch.models import Search
@@ -479,3 +479,29 @@ def test_a_run_stopped_while_listing_exits_5_and_the_next_one_finishes(
         accepted = [c["params"]["VideoId"] for c in emu.emulator.calls if c.get("outcome") == "accepted"]
     assert done.code == 0, done.err
     assert sorted(accepted) == sorted([*expected, "v-000001"])
+
+
+def test_emulator_search_limit_is_its_own_50_per_second(catalogue: Catalogue) -> None:
+    """SearchMedia has its own window, 50 calls/s by default: the 51st within a second is Throttling.User,
+    while SubmitSnapshotJob's window (qps 3 here) is untouched by the searches."""
+    now = [1000.0]
+    emulator = Emulator(
+        EmulatorConfig(credentials={AK_ID: (AK_SECRET, None)}, qps=3, catalogue=catalogue), mono=lambda: now[0]
+    )
+
+    async def go() -> tuple[list[str | None], str]:
+        codes: list[str | None] = []
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(emulator.serve)
+            async with VodClient(f"http://127.0.0.1:{port}", Credentials(AK_ID, AK_SECRET, None, "test")) as client:
+                for i in range(51):
+                    now[0] = 1000.0 + i * 0.019  # 51 calls within 0.97 s
+                    outcome, body = await client.call("SearchMedia", {"Match": "CateId = 1", "PageSize": "1"})
+                    codes.append(outcome.code if body is None or "MediaList" not in body else None)
+                submit = await client.submit({"VideoId": "v", "Count": "1"})
+            tg.cancel_scope.cancel()
+        return codes, submit.kind
+
+    codes, submitted = anyio.run(go)
+    assert codes[:50] == [None] * 50 and codes[50] == "Throttling.User"
+    assert submitted == "accepted"
