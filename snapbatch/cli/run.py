@@ -278,7 +278,7 @@ def _run(
         print(json.dumps(summary), file=out.stdout)
     code = _exit_code(result, after)
     names = {job.name for job in search_jobs(manifest)}
-    unfinished = [i.job for i in ListingStore.read(state.path) if not i.complete and i.job in names]
+    unfinished = [i.job for i in ListingStore.read(state.path) if not i.complete and i.job in names] if names else []
     if unfinished and code == EXIT["ok"]:  # stopped while listing: nothing pending yet, but work is left
         out.log(f"the listing of search jobs {', '.join(unfinished)} is unfinished; run again to continue it")
         code = EXIT["interrupted"] if result.stop_reason == "interrupted" else EXIT["stopped"]

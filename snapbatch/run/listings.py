@@ -89,9 +89,13 @@ class ListingStore:
 
     @staticmethod
     def read(path: Path) -> list[ListingInfo]:
-        """Every listing recorded in ``path``, read only (none when it has no listing tables)."""
+        """Every listing recorded in ``path`` (none when it has no listing tables, or does not exist)."""
+        if not path.exists():
+            return []
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            # not mode=ro: a read-only connection cannot checkpoint, and would leave the -wal and -shm files
+            # behind after the last writer closed
+            db = sqlite3.connect(path)
         except sqlite3.Error:
             return []
         try:
