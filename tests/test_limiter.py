@@ -155,7 +155,8 @@ def test_admitted_start_times_keep_the_guarantee_exactly(
     assert times == sorted(times)
     for i in range(cap, len(starts)):
         assert times[i] - times[i - cap] >= 1.0 + starts[i][1] - 1e-9
-    assert busiest_window(times, 1.0 + DEFAULT_MARGIN_S) <= cap
+    # less a nanosecond, as above: starts exactly one window apart may differ by one float rounding
+    assert busiest_window(times, 1.0 + DEFAULT_MARGIN_S - 1e-9) <= cap
 
 
 def test_a_learned_margin_applies_from_the_start_then_relaxes() -> None:
