@@ -28,8 +28,10 @@ def baseline(kind: str, url: str, qps: float, workers: int, ids: Path) -> list[s
 
 @contextmanager
 def emulator(workdir: Path, *args: str) -> Iterator[EmulatorProcess]:
-    """`snapbatch emulator ARGS` in a process of its own, logging to a fresh file under ``workdir``."""
-    with emulator_process(workdir / f"calls-{len(list(workdir.glob('calls-*')))}.jsonl", *args) as served:
+    """`snapbatch emulator --query-only ARGS` in a process of its own, logging to a fresh file under ``workdir``."""
+    log = workdir / f"calls-{len(list(workdir.glob('calls-*')))}.jsonl"
+    # query-only, as VOD's gateway: a parameter sent anywhere but the query string would be refused
+    with emulator_process(log, "--query-only", *args) as served:
         yield served
 
 

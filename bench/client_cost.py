@@ -1,5 +1,6 @@
 """Client cost with the rate limit lifted: CPU seconds per 1,000 calls and peak memory, snapbatch against the
-official SDK in a 16-thread pool, against the same emulator in the same run.
+official SDKs (aliyun-python-sdk-core, and the V3 alibabacloud-vod20170321) in 16-thread pools, against the
+same emulator in the same run.
 
     python bench/client_cost.py [CALLS] [ROUNDS]
 
@@ -37,7 +38,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     env = key_env()
-    tools = ("snapbatch run (16 in flight)", "official SDK, 16 threads")
+    tools = ("snapbatch run (16 in flight)", "official SDK, 16 threads", "official V3 SDK, 16 threads")
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -70,7 +71,8 @@ def main() -> None:
                                 str(root / f"s-{round_}-{count}.sqlite3"),
                             ]
                         else:
-                            command = baseline("sdk", served.url, 1_000_000, 16, root / f"ids-{count}.txt")
+                            kind = "sdk3" if "V3" in name else "sdk"
+                            command = baseline(kind, served.url, 1_000_000, 16, root / f"ids-{count}.txt")
                         measured.append(cpu_of(command, env))
                     (cpu1, _, _), (cpun, rss, wall) = measured
                     results[name].append(((cpun - cpu1) / (n - 1) * 1000, rss, n / wall))

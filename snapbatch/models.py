@@ -24,6 +24,7 @@ __all__ = [
     "OutcomeKind",
     "Request",
     "RequestStatus",
+    "Search",
     "Variant",
     "tagged",
 ]
@@ -50,6 +51,14 @@ class Loc:
 
 
 @dataclass(frozen=True, slots=True)
+class Search:
+    """A job's videos as a SearchMedia query: listed once, then frozen into the batch's state."""
+
+    match: str
+    sort_by: str = "CreationTime:Desc"
+
+
+@dataclass(frozen=True, slots=True)
 class IdSource:
     """Where a job's IDs come from: inline values, or a text/CSV file read lazily."""
 
@@ -59,6 +68,7 @@ class IdSource:
     file: Path | None = None
     column: str | None = None
     column_loc: Loc | None = None
+    search: Search | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,7 @@ class Manifest:
     qps: float
     jobs: tuple[Job, ...]
     warnings: tuple[Problem, ...] = field(default=())
+    quota: str | None = None  # where runs on one key share its qps (see run/quota.py); None: not set
 
 
 class Request(NamedTuple):  # a tuple: cheap to make a million of
@@ -123,6 +134,9 @@ class OutcomeKind(StrEnum):
     # the STS token had run out and fresh credentials are at hand: certainly no job, and not the service
     # failing, so it goes again at once
     EXPIRED = "expired"
+    # what answered is not VOD's API (a redirect, say): no job was made, and the run stops without blaming
+    # the key
+    WRONG_ENDPOINT = "wrong_endpoint"
 
     @property
     def retryable(self) -> bool:
@@ -169,6 +183,7 @@ IN_DOUBT = OutcomeKind.IN_DOUBT
 FAILED = OutcomeKind.FAILED
 FATAL = OutcomeKind.FATAL
 EXPIRED = OutcomeKind.EXPIRED
+WRONG_ENDPOINT = OutcomeKind.WRONG_ENDPOINT
 
 
 @dataclass(frozen=True, slots=True)

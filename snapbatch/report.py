@@ -9,6 +9,8 @@ from typing import Any
 
 from snapbatch.manifest.expand import Survey
 from snapbatch.models import Manifest, Outcome, OutcomeKind, Request, RequestStatus, tagged
+from snapbatch.run.listings import ListingInfo
+from snapbatch.run.quota import describe
 from snapbatch.run.runner import RunResult, StopReason
 from snapbatch.run.session import Progress
 from snapbatch.run.state import Row
@@ -21,11 +23,17 @@ __all__ = [
     "duration",
     "error_label",
     "ingested_line",
+    "listing_document",
+    "listing_line",
+    "margin_line",
     "plan_jsonl",
     "plan_line",
     "plan_summary",
     "progress_line",
-    "proxy_line",
+    "quota_back_line",
+    "quota_paused_line",
+    "quota_shared_line",
+    "quota_unshared_line",
     "recovered_line",
     "reopened_line",
     "report_row",
@@ -36,6 +44,7 @@ __all__ = [
     "status_text",
     "stop_lines",
     "summary_line",
+    "unfinished_listings_line",
 ]
 
 REPORT_FIELDS = (
@@ -66,10 +75,13 @@ _STOPS = {
     StopReason.OUTAGE: "the service looks down (many answers in a row were 5xx or lost)",
     StopReason.UNREACHABLE: "the endpoint never answered (the first calls could not connect or got no answer): "
     "check the endpoint URL, the network and any proxy or TLS interception",
+    StopReason.WRONG_ENDPOINT: "what answered is not VOD's API: check the endpoint URL (or region) and any proxy in "
+    "between",
     StopReason.INTERRUPTED: "interrupted",
+    StopReason.QUOTA: "the shared quota could not be reached",
 }
 # the stops after which the last error says what went wrong
-_STOPS_WITH_DETAIL = (StopReason.OUTAGE, StopReason.UNREACHABLE, StopReason.RETRY_BUDGET)
+_STOPS_WITH_DETAIL = (StopReason.OUTAGE, StopReason.UNREACHABLE, StopReason.RETRY_BUDGET, StopReason.WRONG_ENDPOINT)
 
 
 def duration(seconds: float) -> str:
@@ -99,7 +111,7 @@ def plan_summary(manifest: Manifest, found: Survey, qps: float, endpoint: str) -
         + (f" ({folded} duplicate{'s' if folded != 1 else ''} folded)" if folded else ""),
         f"endpoint {endpoint}, at most {qps:g} calls/s: {_about(duration(found.unique / qps))} at full rate",
     ]
-    width = max((len(job) for job, _ in found.per_variant), default=3)
+    width = max((len(job.name) for job in manifest.jobs), default=3)  # search jobs not listed have no count
     for job in manifest.jobs:
         for variant in job.variants:
             count = found.per_variant.get((job.name, variant.template), 0)
@@ -135,23 +147,57 @@ def error_label(outcome: Outcome) -> str:
 
 
 def progress_line(progress: Progress) -> str:
-    """done/total, rate, ETA, throttled, failures, and 5xx or lost answers (with the latest one's code)."""
+    """done/total, rate, ETA, throttled, failures, and 5xx or lost answers (with the latest one's code); while a
+    search job is being listed, how far that is; and whether sending waits for an unreachable shared quota."""
     counts, tally, elapsed_s = progress.counts, progress.tally, progress.elapsed_s
-    rate = tally.submitted / elapsed_s if elapsed_s > 0 else 0.0
-    total = sum(counts[k] for k in RequestStatus)
-    left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if progress.resend_in_doubt else 0)
-    eta = duration(left / rate) if rate else "?"
-    latest = f" (latest {error_label(tally.last_error)})" if tally.last_error is not None else ""
+    if progress.listing is not None:
+        line = listing_line(progress.listing, ongoing=True)
+    else:
+        rate = tally.submitted / elapsed_s if elapsed_s > 0 else 0.0
+        total = sum(counts[k] for k in RequestStatus)
+        left = counts["pending"] + counts["sending"] + (counts["in_doubt"] if progress.resend_in_doubt else 0)
+        eta = duration(left / rate) if rate else "?"
+        latest = f" (latest {error_label(tally.last_error)})" if tally.last_error is not None else ""
+        line = (
+            f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {tally.throttled}, "
+            f"failed {tally.failed}"
+            + (f", errors {tally.errors}{latest}" if tally.errors else "")
+            + (" (still reading the manifest)" if progress.ingesting else "")
+        )
+    return line + (" | paused: waiting for the shared quota" if progress.paused else "")
+
+
+def margin_line(margin_s: float) -> str:
+    return f"starting with the {margin_s * 1000:.0f} ms margin the last run on this key learned from throttles"
+
+
+def quota_shared_line(quota: str) -> str:
+    """How this run shares its key's quota: ``quota`` is "local" or the shared store's URL."""
+    if quota == "local":
+        return "pacing shared with the other runs on this host that use this AccessKeyId and endpoint"
+    return f"pacing shared through {describe(quota)} with every run on this AccessKeyId and endpoint"
+
+
+def quota_unshared_line(problem: str) -> str:
     return (
-        f"{counts['submitted']}/{total} submitted, {rate:.1f}/s, ETA {eta}, throttled {tally.throttled}, "
-        f"failed {tally.failed}"
-        + (f", errors {tally.errors}{latest}" if tally.errors else "")
-        + (" (still reading the manifest)" if progress.ingesting else "")
+        f"cannot share the quota with other runs on this host ({problem}); this run paces alone, so other runs on "
+        "this key now would compete with it (set XDG_CACHE_HOME to a writable directory)"
     )
 
 
-def proxy_line() -> str:
-    return "a proxy is configured in the environment; calls go through it"
+def quota_paused_line(problem: str, outage_s: float) -> str:
+    return (
+        f"the shared quota cannot be reached ({problem}); sending nothing until it can, retrying, for at most "
+        f"{outage_s:g} s"
+    )
+
+
+def quota_back_line(after_s: float) -> str:
+    return f"the shared quota is back after {after_s:.1f} s; sending again"
+
+
+def unfinished_listings_line(jobs: Iterable[str]) -> str:
+    return f"the listing of search jobs {', '.join(jobs)} is unfinished; run again to continue it"
 
 
 def recovered_line(count: int, resend_in_doubt: bool) -> str:
@@ -195,6 +241,8 @@ def stop_lines(result: RunResult, max_attempts: int) -> list[str]:
         detail = ""
         if last is not None and result.stop_reason in _STOPS_WITH_DETAIL:
             detail = f" (last error: {last.code + ': ' if last.code else ''}{last.message})"
+        if result.quota_error:
+            detail = f" ({result.quota_error}; nothing was sent meanwhile)"
         reason = _STOPS.get(result.stop_reason, result.stop_reason)
         lines.append(f"stopped: {reason}{detail}; the state is saved, run again to continue")
     if result.gave_up:
@@ -279,6 +327,11 @@ def status_text(doc: Mapping[str, Any]) -> str:
         )
     else:
         lines.append("not running")
+    for item in doc.get("listings", []):
+        state = (
+            f"list taken {item['taken_at']}" if item["complete"] else f"listing since {item['started_at']}, unfinished"
+        )
+        lines.append(f"search job {item['job']}: {item['videos']} videos, {state} (query {item['match']!r})")
     if doc["recent_errors"]:
         lines.append("recent errors: " + ", ".join(f"{e['code']} x{e['count']}" for e in doc["recent_errors"]))
     done = doc.get("completion")
@@ -304,6 +357,40 @@ def status_text(doc: Mapping[str, Any]) -> str:
 
 def _utc(t: float | None) -> str | None:
     return None if t is None else time.strftime(TIMESTAMP_FORMAT, time.gmtime(t))
+
+
+def _utc_text(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def listing_line(info: ListingInfo, *, ongoing: bool = False, fresh: bool = False) -> str:
+    """A search job's list: being taken (page by page), just taken, or frozen earlier."""
+    of = f" of {info.total}" if info.total is not None else ""
+    if ongoing or not info.complete:
+        return (
+            f"listing job {info.job} through SearchMedia: {info.listed}{of} videos, {info.pages} pages "
+            f"(started {_utc_text(info.started_at)}; resumable)"
+        )
+    assert info.finished_at is not None
+    verb = "listed now" if fresh else "frozen"
+    return (
+        f"job {info.job}: {info.listed} videos {verb}, list taken {_utc_text(info.finished_at)} "
+        f"(query {info.match!r}); `run --relist` lists again"
+    )
+
+
+def listing_document(info: ListingInfo) -> dict[str, Any]:
+    """One search job's list in `status --json` and `plan`."""
+    return {
+        "job": info.job,
+        "match": info.match,
+        "sort_by": info.sort_by,
+        "videos": info.listed,
+        "total": info.total,
+        "complete": info.complete,
+        "started_at": _utc_text(info.started_at),
+        "taken_at": _utc_text(info.finished_at) if info.finished_at is not None else None,
+    }
 
 
 def report_row(row: Row) -> dict[str, Any]:

@@ -37,13 +37,26 @@ class Result:
 CliRunner = Callable[..., Result]
 
 
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own cache directory (learned margins, shared-quota files), in processes it starts too."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
 @pytest.fixture
 def cli() -> CliRunner:
-    """Run snapbatch in-process; return exit code, stdout and stderr."""
+    """Run snapbatch in-process; return exit code, stdout and stderr. The test's own cache directory is in
+    the environment unless ``env`` names one."""
 
     def run(*argv: str, env: Mapping[str, str] | None = None) -> Result:
         out, err = io.StringIO(), io.StringIO()
-        environ = {"ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true", **(env or {})}
+        environ = {
+            "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
+            "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"],
+            **(env or {}),
+        }
         code = main(list(argv), env=environ, stdout=out, stderr=err)
         return Result(code, out.getvalue(), err.getvalue())
 

@@ -1,5 +1,7 @@
-"""The emulator for tests: on loopback in a thread of this process, or in a process of its own, with the
-tests' AccessKey."""
+"""The emulator for tests, with the tests' AccessKey: on loopback in a thread of this process, or in a
+process of its own. Both helpers start it in
+query-only mode unless told otherwise: parameters count only from the query string, as on a gateway that
+ignores form bodies, so a client that put them anywhere else would fail here."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ AK_ID, AK_SECRET = "LTAI5tEmulatorTestKey", "emulator-test-secret-DO-NOT-LEAK-7f
 
 @contextmanager
 def running(
-    config: EmulatorConfig | None = None, *, wall: Callable[[], float] = time.time
+    config: EmulatorConfig | None = None, *, wall: Callable[[], float] = time.time, query_only: bool = True
 ) -> Iterator[RunningEmulator]:
     """The emulator serving on a free loopback port; ``wall`` is its clock for timestamps and job times."""
     config = config or EmulatorConfig()
+    config.query_only = query_only
     if not config.credentials:
         config.credentials = {AK_ID: (AK_SECRET, None)}
     with _running_emulator(Emulator(config, wall=wall)) as served:
@@ -27,10 +30,16 @@ def running(
 
 
 @contextmanager
-def process(tmp: Path, *args: str) -> Iterator[EmulatorProcess]:
+def process(tmp: Path, *args: str, query_only: bool = True) -> Iterator[EmulatorProcess]:
     """`snapbatch emulator` in a process of its own, as a real service would be: nothing it does shares a
     GIL or an event loop with the client, so arrival times at it are what a server would see."""
     with emulator_process(
-        tmp / "emulator-calls.jsonl", "--access-key-id", AK_ID, "--access-key-secret", AK_SECRET, *args
+        tmp / "emulator-calls.jsonl",
+        "--access-key-id",
+        AK_ID,
+        "--access-key-secret",
+        AK_SECRET,
+        *(["--query-only"] if query_only else []),
+        *args,
     ) as served:
         yield served

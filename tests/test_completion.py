@@ -197,6 +197,22 @@ def test_poll_asks_about_jobs_whose_events_were_lost(cli: CliRunner, tmp_path: P
         }
 
 
+def test_poll_records_a_job_the_service_does_not_know_as_failed(cli: CliRunner, tmp_path: Path) -> None:
+    """Jobs the service no longer knows (here: a fresh emulator that never took them) are final after one
+    pass: failed with GetJobDetail's code, exit 1, so `poll --until-done` ends instead of asking forever."""
+    path = manifest(tmp_path, 6)
+    config = EmulatorConfig(qps=1000, job_seconds=60, callback_drop_rate=1.0)
+    with rig(tmp_path, config) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+    with rig(tmp_path / "elsewhere", EmulatorConfig(qps=1000, callback_drop_rate=1.0)) as fresh:
+        polled = cli("poll", str(path), "--endpoint", fresh.url, "--qps", "500", "--until-done", env=ENV)
+        assert polled.code == 1, polled.err
+        assert len(fresh.emulator.calls) == 6  # one pass: nothing is asked twice
+    rows = _report(cli, path)
+    assert {row["completion"] for row in rows} == {"failed"}
+    assert {row["completion_code"] for row in rows} == {"InvalidParameter"}
+
+
 def test_poll_until_done_waits_between_passes_and_times_out(tmp_path: Path) -> None:
     """poll_jobs with until_done: jobs processing at the first pass are asked again after the pause (an
     injected sleep that moves the emulator's clock) and found done; with jobs that never finish in time it
@@ -421,3 +437,16 @@ def test_poll_renews_credentials_ahead_of_expiry_in_the_background(
     assert fetches == ["STS.1", "STS.2"] and provider.renewals == 1 and "STS.2" in keys
     assert "as STS.1 (test source)" in polled.err  # the log names the source, never the secret
     assert "secret-STS" not in polled.err and "token-STS" not in polled.err
+
+
+def test_poll_says_when_there_is_no_event_store_beside_the_manifest(cli: CliRunner, tmp_path: Path) -> None:
+    """A receiver run from another directory writes its store elsewhere: poll, finding none beside the
+    manifest, says so and where it looked (else every failure's reason is silently GetJobDetail's none)."""
+    path = manifest(tmp_path, 2)
+    with rig(tmp_path, EmulatorConfig(qps=1000)) as r:
+        assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0
+        (tmp_path / ".snapbatch" / "events.sqlite3").unlink()
+        polled = cli("poll", str(path), "--endpoint", r.url, env=ENV)
+    assert polled.code == 5, polled.err
+    assert f"no event store at {tmp_path / '.snapbatch' / 'events.sqlite3'}" in polled.err
+    assert "--events" in polled.err

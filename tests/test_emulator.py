@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import pytest
 
 from snapbatch.emulator import Emulator, EmulatorConfig, load_videos, rate_at_server, serve
 from snapbatch.models import ACCEPTED, FAILED, THROTTLED, OutcomeKind
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
+from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, running
+from tests.test_run import ENV
 
 
 class FakeClock:
@@ -154,29 +159,98 @@ def test_emulator_command_serves_and_logs(tmp_path: Path) -> None:
     assert EMULATOR_KEY_SECRET not in log.read_text()
 
 
-def test_form_body_is_signed() -> None:
-    """Parameters in a form body (what snapbatch sends) count like query parameters, and the body is under
-    the signature: the same signed request with its body changed, or its parameters moved to the query
-    string, is refused."""
+def _form_body_request(url: str, params: dict[str, str], nonce: str) -> tuple[dict[str, str], bytes]:
+    """A correctly V3-signed request carrying ``params`` as a form body (what no official VOD SDK sends)."""
+    import hashlib
+    from urllib.parse import urlencode, urlsplit
+
+    from snapbatch.vod.signing import iso_timestamp, sign_v3
+
+    body = urlencode(sorted(params.items())).encode()
+    headers = {
+        "host": urlsplit(url).netloc,
+        "x-acs-action": "SubmitSnapshotJob",
+        "x-acs-version": "2017-03-21",
+        "x-acs-date": iso_timestamp(datetime.now(UTC)),
+        "x-acs-signature-nonce": nonce,
+        "x-acs-content-sha256": hashlib.sha256(body).hexdigest(),
+    }
+    headers["authorization"] = sign_v3(
+        method="POST",
+        path="/",
+        query={},
+        headers=headers,
+        payload_sha256=headers["x-acs-content-sha256"],
+        access_key_id=AK_ID,
+        secret=AK_SECRET,
+    )
+    return {**headers, "content-type": "application/x-www-form-urlencoded"}, body
+
+
+@pytest.mark.parametrize("query_only", [False, True], ids=["form bodies read", "query only"])
+def test_query_only_mode_ignores_form_body_parameters(query_only: bool) -> None:
+    """By default a signed form body's parameters count like query parameters; in query-only mode (a gateway
+    that reads only the query) the same request lacks them (MissingParameter) and makes no job. The body
+    stays under the signature either way: changing it is SignatureDoesNotMatch."""
     import httpx
 
-    seen: list[dict[str, object]] = []
-    with running() as emu, httpx.Client() as http:
-        emu.emulator.observers.append(seen.append)
-        client = VodClient(emu.url, Credentials(AK_ID, AK_SECRET))
+    params = {"VideoId": "vid-1", "Count": "3"}
+    with running(query_only=query_only) as emu, httpx.Client() as http:
+        headers, body = _form_body_request(emu.url, params, "nonce-1")
+        answer = http.post(emu.url + "/", content=body, headers=headers).json()
+        headers, _ = _form_body_request(emu.url, params, "nonce-2")
+        tampered = http.post(emu.url + "/", content=b"Count=9&VideoId=vid-1", headers=headers).json()
+        jobs = len(emu.emulator.jobs)
+    if query_only:
+        assert answer["Code"] == "MissingParameter" and jobs == 0, answer
+    else:
+        assert "SnapshotJob" in answer and jobs == 1, answer
+    assert tampered["Code"] == "SignatureDoesNotMatch", tampered
 
-        def send(body: bytes | None = None, query: bytes = b"") -> dict[str, str]:
-            signed = client.signed_request("SubmitSnapshotJob", {"VideoId": "vid-1", "Count": "3"})
-            headers = {k: v for k, v in signed.headers.items() if k != "content-length"}
-            content = signed.content if body is None else body
-            return dict(http.post(httpx.URL(emu.url + "/", query=query), content=content, headers=headers).json())
 
-        accepted = send()
-        tampered = send(body=b"Count=9&VideoId=vid-1")
-        moved = send(body=b"", query=b"Count=3&VideoId=vid-1")
-    assert "SnapshotJob" in accepted, accepted
-    assert seen[0]["params"] == {"VideoId": "vid-1", "Count": "3"}
-    assert tampered["Code"] == moved["Code"] == "SignatureDoesNotMatch", (tampered, moved)
+def test_mixed_batch_is_fully_accepted_in_query_only_mode(cli: CliRunner, tmp_path: Path) -> None:
+    """A batch mixing every kind of parameter (offsets, a sprite, UserData with a callback and non-ASCII
+    Extend, ReferenceIds, templates) through `snapbatch run` against a query-only emulator: every call is
+    accepted, and the emulator read exactly the parameters `plan` shows."""
+    (tmp_path / "ids.txt").write_text("d3e680e618708efbf2cae7cc93120001\n7a1c0d4e2b3f4a5b8c9d0e1f2a3b0002\n")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        """version: 1
+batch: mixed
+defaults:
+  UserData:
+    MessageCallback: {CallbackURL: "https://hooks.example.com/vod?x=1&y=a b"}
+    Extend: {campaign: "автомн 秋 🎬 *~+&=%/"}
+templates:
+  poster: {SnapshotTemplateId: f5b228fe693bf55bd87b789abcd}
+  thumbs: {Width: 1280, Height: 720, Count: 10, Interval: 0}
+  points: {SpecifiedOffsetTimes: [0, 1500, 30000], Count: 3, Width: 640}
+sprites:
+  scrubber: {CellWidth: 120, CellHeight: 68, Columns: 10, Lines: 10, KeepCellPic: delete, Color: tomato}
+jobs:
+  - name: posters
+    videos: {file: ids.txt}
+    template: poster
+  - name: by-id
+    videos: {file: ids.txt}
+    template: [thumbs, points]
+    sprite: scrubber
+  - name: by-reference
+    reference_ids: [partner_0001, partner-0002]
+    params: {Count: 3, Interval: 5, SpecifiedOffsetTime: 2000}
+"""
+    )
+    plan = [json.loads(line) for line in cli("plan", str(manifest), "--format", "jsonl").out.splitlines()]
+    with running(EmulatorConfig(qps=1000)) as emu:
+        assert emu.emulator.config.query_only
+        result = cli("run", str(manifest), "--endpoint", emu.url, "--json", env=ENV)
+        calls = emu.emulator.calls
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["submitted"] == len(plan) == len(calls) == 8
+    assert all(call["outcome"] == "accepted" for call in calls)
+    assert sorted(json.dumps(c["params"], sort_keys=True) for c in calls) == sorted(
+        json.dumps(p["params"], sort_keys=True) for p in plan
+    )
 
 
 def test_path_jitter_delays_a_request_before_it_counts() -> None:

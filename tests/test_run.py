@@ -45,17 +45,20 @@ def test_example_on_the_builtin_emulator(cli: CliRunner, tmp_path: Path) -> None
 
 
 def test_window_at_the_server_and_full_rate(cli: CliRunner, tmp_path: Path) -> None:
-    """90 requests at qps 30 against an emulator process enforcing 30/s: never more than 30 in any 1 s
-    window at the server, none throttled. (How close to 30/s it gets is measured by bench/quota.py, not
-    asserted here; the limiter's full rate is a property on an injected clock in test_limiter.) Slow by
-    nature: 3 s of real pacing; fewer calls leave a loaded machine too few seconds to fill one at the server."""
+    """90 requests at qps 30 against an emulator process enforcing 30/s: what is certain at the server:
+    every request accepted once, never more than 30 accepted in any 1 s window, at most one call throttled
+    (arrival jitter beyond the margin on a loaded machine; it widens the margin). (How close to 30/s it gets
+    is measured by bench/quota.py, not asserted here; the limiter's guarantee is a property on an injected
+    clock in test_limiter.) Slow by nature: 3 s of real pacing; fewer calls leave a loaded machine too few
+    seconds to fill one at the server."""
     with process(tmp_path, "--qps", "30", "--latency-ms", "20", "80") as emu:
         r = cli("run", str(_manifest(tmp_path, 90)), "--endpoint", emu.url, "--json", env=ENV)
     calls = emu.calls()
     assert r.code == 0, r.err
     doc = json.loads(r.out)
-    assert doc["submitted"] == 90 and doc["throttled"] == 0
-    assert len(calls) == 90 and rate_at_server(calls) == 30  # busy enough to fill a second, never over
+    accepted = [c for c in calls if c.get("outcome") == "accepted"]
+    assert doc["submitted"] == 90 and doc["throttled"] <= 1 and len(calls) == 90 + doc["throttled"]
+    assert len(accepted) == 90 and rate_at_server(accepted) == 30  # busy enough to fill a second, never over
 
 
 def test_throttling_slows_down_and_everything_gets_through(cli: CliRunner, tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ def test_each_outcome_kind_stands_for_one_rule() -> None:
         OutcomeKind.FAILED: ("failed", False, False, True, False, RequestStatus.FAILED),
         OutcomeKind.FATAL: ("fatal", False, False, False, False, RequestStatus.PENDING),
         OutcomeKind.EXPIRED: ("expired", True, False, False, False, RequestStatus.PENDING),
+        OutcomeKind.WRONG_ENDPOINT: ("wrong_endpoint", False, False, False, False, RequestStatus.PENDING),
     }
     assert set(table) == set(OutcomeKind)
     for kind, row in table.items():
@@ -101,7 +102,9 @@ def test_each_outcome_kind_stands_for_one_rule() -> None:
         "retry-budget",
         "outage",
         "unreachable",
+        "wrong-endpoint",
         "interrupted",
+        "quota",
     }
 
 

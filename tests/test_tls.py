@@ -1,4 +1,4 @@
-"""The HTTPS path, which every real call takes: the lean transport against the emulator behind TLS."""
+"""The HTTPS path, which every real call takes: httpx's transport against the emulator behind TLS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
 from snapbatch.models import ACCEPTED, TRANSIENT
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
-from snapbatch.vod.transport import LeanTransport
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process
 from tests.test_run import ENV, _manifest
@@ -29,15 +28,14 @@ PARAMS = {"VideoId": "d3e680e618708efbf2cae7cc93120001", "Count": "2"}
 def https_emulator(ca: trustme.CA) -> Iterator[tuple[Emulator, int]]:
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
-    emulator = Emulator(EmulatorConfig(credentials={AK_ID: (AK_SECRET, None)}))
+    emulator = Emulator(EmulatorConfig(credentials={AK_ID: (AK_SECRET, None)}, query_only=True))
     with running_emulator(emulator, ssl_context=server_context) as served:
         yield emulator, served.port
 
 
 def _submit(url: str, client_context: ssl.SSLContext, times: int = 1) -> list[str]:
     async def go() -> list[str]:
-        transport = LeanTransport(max_connections=4, ssl_context=client_context)
-        async with VodClient(url, Credentials(AK_ID, AK_SECRET), transport=transport) as client:
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET), max_connections=4, tls=client_context) as client:
             return [(await client.submit(PARAMS)).kind for _ in range(times)]
 
     return anyio.run(go)

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 
 from snapbatch.cli.output import EXIT, Out
-from snapbatch.cli.run import absorb_events, open_state, resolve_target
+from snapbatch.cli.run import absorb_events, events_path, open_state, resolve_target
 from snapbatch.completion.events import EventStore, default_events_path
 from snapbatch.completion.poller import PollOptions, PollResult, poll_jobs
 from snapbatch.completion.receiver import Receiver, ReceiverConfig
@@ -54,7 +54,7 @@ def receive_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) 
     receiver = Receiver(
         store, ReceiverConfig(public_url=args.public_url, auth_keys=keys, max_age_s=args.max_age), log=out.log
     )
-    if not keys and args.host not in ("127.0.0.1", "::1", "localhost"):
+    if not keys and (args.public_url or args.host not in ("127.0.0.1", "::1", "localhost")):
         out.log(
             f"warning: no auth key ({AUTH_KEY_VARIABLE} or --auth-key-file): anyone who can reach this port can "
             "record events"
@@ -99,6 +99,13 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> 
     # No lock: polling only records what the service says about jobs, so it may go on beside a run.
     try:
         out.log(f"batch {manifest.batch}: asking {endpoint} as {creds.current().access_key_id} ({creds.source})")
+        store = events_path(args, manifest)
+        if not store.exists():  # --events naming a missing file is refused by absorb_events
+            out.log(
+                f"no event store at {store}: only GetJobDetail's answers count, and they give no failure reason; "
+                "if `snapbatch receive` writes elsewhere (it writes .snapbatch/events.sqlite3 in the directory it "
+                "runs in), give its file with --events"
+            )
         changed = absorb_events(args, manifest, state)
         if changed:
             out.log(f"{changed} requests updated from the receiver's events")

@@ -18,7 +18,7 @@ import anyio
 from snapbatch import __version__
 from snapbatch.cli.completion import AUTH_KEY_VARIABLE, poll_command, receive_command
 from snapbatch.cli.output import EXIT, Out
-from snapbatch.cli.run import report_command, resolve_target, run_command, status_command
+from snapbatch.cli.run import plan_listings, report_command, resolve_target, run_command, status_command
 from snapbatch.emulator import (
     CREDENTIALS_URI_PATH,
     Callbacks,
@@ -28,6 +28,7 @@ from snapbatch.emulator import (
     load_videos,
     serve,
 )
+from snapbatch.emulator.catalogue import load_catalogue
 from snapbatch.errors import (
     CredentialsError,
     LockedError,
@@ -37,9 +38,10 @@ from snapbatch.errors import (
     StateError,
     UsageError,
 )
-from snapbatch.manifest.expand import expand, survey
+from snapbatch.manifest.expand import expand, search_jobs, survey
 from snapbatch.manifest.load import load_manifest
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
+from snapbatch.run.listings import ListingError
 
 __all__ = ["COMMANDS", "EXIT", "main"]
 
@@ -109,7 +111,9 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         "plan",
         help="show exactly what would be sent",
         formatter_class=fmt,
-        description="Show what `run` would send, without any network. text: a summary (requests per job and "
+        description="Show what `run` would send. Search jobs use the list frozen in the batch's state; without one "
+        "they are listed through SearchMedia now (credentials needed; --offline names them instead). Nothing else "
+        "touches the network. text: a summary (requests per job and "
         "template, duplicates folded, estimated duration), then one line per request. jsonl: one JSON object "
         "a line, {job, key, params}, params exactly as sent (no signature or common parameters).",
         epilog="examples:\n  snapbatch plan jobs.yaml\n  snapbatch plan jobs.yaml --format jsonl | head",
@@ -117,6 +121,13 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", type=Path)
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--summary", action="store_true", help="text format: the summary only, no request lines")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not list search jobs through SearchMedia (which needs credentials); name them instead",
+    )
+    _add_state_arg(p)
+    p.add_argument("--emulator", action="store_true", help="use the lists frozen by `run --emulator` rehearsals")
     _add_target_args(p)
     p.add_argument("--qps", type=_positive_float, help="estimate at this rate instead of the manifest's")
     p = sub.add_parser(
@@ -139,7 +150,26 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument(
         "--concurrency", type=_positive_int, help="calls in flight at most (default: enough for qps with 2.5 s answers)"
     )
+    p.add_argument(
+        "--quota",
+        metavar="WHERE",
+        help="share the key's qps with other runs: local (runs on this host; default), off (pace alone) or "
+        "redis://HOST:PORT/DB (runs on every machine using it); default: SNAPBATCH_QUOTA, else the manifest's",
+    )
+    p.add_argument(
+        "--quota-wait",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait, sending nothing, for an unreachable shared quota before stopping (exit 5; 60)",
+    )
     p.add_argument("--emulator", action="store_true", help="run against a built-in emulator on loopback")
+    p.add_argument(
+        "--catalogue",
+        type=Path,
+        metavar="FILE",
+        help="with --emulator: the videos its SearchMedia finds for search jobs (JSON Lines, see `emulator`)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
     p.add_argument("--retry-failed", action="store_true", help="send again what is recorded as failed")
     p.add_argument(
@@ -148,6 +178,17 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="send again the requests whose job failed after it was submitted (event or GetJobDetail said Fail)",
     )
     _add_events_arg(p)
+    p.add_argument(
+        "--relist",
+        action="store_true",
+        help="list search jobs through SearchMedia again instead of using the list frozen at their first run",
+    )
+    p.add_argument(
+        "--search-qps",
+        type=_positive_float,
+        metavar="N",
+        help="SearchMedia calls per second while listing search jobs (default 50, the documented limit)",
+    )
     p.add_argument(
         "--in-doubt",
         choices=("resend", "skip"),
@@ -251,6 +292,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         description="Serve a local ApsaraVideo VOD endpoint until stopped (Ctrl-C): it checks V1 and V3 "
         "signatures, the timestamp, nonce reuse and STS tokens, enforces the per-second limit per AccessKeyId "
         "(Throttling.User), answers SubmitSnapshotJob and GetJobDetail with the real JSON and HTTP statuses, "
+        "SearchMedia over a --catalogue (PageNo and ScrollToken paging, 50 calls/s), "
         "and injects faults on request. Prints where it listens and which credentials it accepts.",
         epilog="examples:\n  snapbatch emulator --port 8080\n"
         "  snapbatch emulator --port 8443 --tls-cert cert.pem --tls-key key.pem   # HTTPS; clients trust it with "
@@ -292,6 +334,13 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         metavar="FILE",
         help="known videos, `VideoId` or `VideoId,ReferenceId` lines; others get InvalidVideo.NotFound",
     )
+    p.add_argument(
+        "--catalogue",
+        type=Path,
+        metavar="FILE",
+        help="videos for SearchMedia: JSON Lines of {VideoId, CateId, CreationTime, Status, Title, Tags}",
+    )
+    p.add_argument("--search-qps", type=_positive_float, default=50.0, help="SearchMedia calls per second (50)")
     p.add_argument("--log", type=Path, metavar="FILE", help="append every call as a JSON line (no secrets)")
     p.add_argument(
         "--job-seconds", type=float, default=2.0, help="a job is Processing this long, then completes (default 2)"
@@ -311,6 +360,12 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     p.add_argument("--access-key-secret", default=EMULATOR_KEY_SECRET)
     p.add_argument("--security-token", help="require this STS token")
     p.add_argument("--seed", type=int, help="seed for faults and latency, for repeatable runs")
+    p.add_argument(
+        "--query-only",
+        action="store_true",
+        help="read API parameters from the query string only, ignoring a form body, as a gateway that reads "
+        "only the query would",
+    )
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain)")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument(
@@ -434,6 +489,9 @@ def main(
     except StateError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["state"]
+    except ListingError as exc:
+        print(f"snapbatch: {exc}", file=out.stderr)
+        return EXIT[exc.exit]
     except CredentialsError as exc:  # none found, or the exchange for them failed: nothing was sent
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["fatal"]
@@ -451,11 +509,13 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
     for path in args.manifests:
         problems: list[Problem] = []
         count = None
+        searches: list[str] = []  # listed only when run: their requests are not counted here
         try:
             manifest = load_manifest(path, env)
             found = survey(manifest)
             problems = [*manifest.warnings, *found.warnings]
             count = found.unique
+            searches = [job.name for job in search_jobs(manifest)]
         except ManifestError as exc:
             problems = exc.problems
             worst = EXIT["usage"]
@@ -465,12 +525,15 @@ def _validate(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int
             if errors:
                 print(f"{path}: invalid ({len(errors)} error{'s' if len(errors) != 1 else ''})", file=out.stderr)
             else:
-                print(f"{path}: valid, {count} request{'s' if count != 1 else ''}", file=out.stdout)
+                plural = "s" if len(searches) != 1 else ""
+                listed = f" (+ {len(searches)} search job{plural}, listed when run)" if searches else ""
+                print(f"{path}: valid, {count} request{'s' if count != 1 else ''}{listed}", file=out.stdout)
         results.append(
             {
                 "file": str(path),
                 "valid": not errors,
                 "requests": count,
+                "search_jobs": searches,
                 "problems": [
                     {
                         "file": p.file,
@@ -493,18 +556,20 @@ def _plan(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest = load_manifest(args.manifest, env)
     endpoint = resolve_target(args, manifest, env)
     qps = args.qps or manifest.qps
-    found = survey(manifest)  # reads every ID once more, so that nothing is printed for an invalid manifest
-    out.problems([*manifest.warnings, *found.warnings])
-    write = out.stdout.write
-    if args.format == "jsonl":
-        for line in plan_jsonl(expand(manifest, candidates=found.candidates)):
-            write(line)
-        return EXIT["ok"]
-    write(plan_summary(manifest, found, qps, endpoint))
-    if not args.summary:
-        write("\n")
-        for request in expand(manifest, candidates=found.candidates):
-            write(plan_line(request) + "\n")
+    with plan_listings(args, manifest, env, out) as listings:
+        # reads every ID once more, so that nothing is printed for an invalid manifest
+        found = survey(manifest, listings)
+        out.problems([*manifest.warnings, *found.warnings])
+        write = out.stdout.write
+        if args.format == "jsonl":
+            for line in plan_jsonl(expand(manifest, candidates=found.candidates, listings=listings)):
+                write(line)
+            return EXIT["ok"]
+        write(plan_summary(manifest, found, qps, endpoint))
+        if not args.summary:
+            write("\n")
+            for request in expand(manifest, candidates=found.candidates, listings=listings):
+                write(plan_line(request) + "\n")
     return EXIT["ok"]
 
 
@@ -529,6 +594,12 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         videos = load_videos(args.videos) if args.videos else None
     except OSError as exc:
         raise UsageError(f"cannot read --videos {args.videos}: {exc.strerror or exc}") from None
+    try:
+        catalogue = load_catalogue(args.catalogue) if args.catalogue else None
+    except OSError as exc:
+        raise UsageError(f"cannot read --catalogue {args.catalogue}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--catalogue: {exc}") from None
     config = EmulatorConfig(
         credentials={args.access_key_id: (args.access_key_secret, args.security_token)},
         qps=args.qps,
@@ -544,6 +615,9 @@ def _emulator(args: argparse.Namespace, out: Out) -> int:
         callback_duplicate_rate=args.callback_duplicate,
         seed=args.seed,
         sts=None if args.sts_lifetime is None else StsConfig(lifetime_s=args.sts_lifetime or None),
+        query_only=args.query_only,
+        catalogue=catalogue,
+        search_qps=args.search_qps,
     )
     tls = _server_tls(args.tls_cert, args.tls_key)
     log = args.log.open("a", encoding="utf-8") if args.log else None

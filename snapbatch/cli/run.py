@@ -8,14 +8,21 @@ import csv
 import json
 import math
 import secrets
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from snapbatch.cli.output import EXIT, Out
 from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
-from snapbatch.errors import StateError, UsageError
+from snapbatch.emulator.catalogue import Catalogue, load_catalogue
+from snapbatch.errors import SnapbatchError, StateError, UsageError
+from snapbatch.manifest.expand import Listings, search_jobs
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
 from snapbatch.report import (
@@ -23,8 +30,14 @@ from snapbatch.report import (
     REPORT_FIELDS,
     absorbed_line,
     ingested_line,
+    listing_document,
+    listing_line,
+    margin_line,
     progress_line,
-    proxy_line,
+    quota_back_line,
+    quota_paused_line,
+    quota_shared_line,
+    quota_unshared_line,
     recovered_line,
     reopened_line,
     report_row,
@@ -35,11 +48,17 @@ from snapbatch.report import (
     status_text,
     stop_lines,
     summary_line,
+    unfinished_listings_line,
 )
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.listings import SEARCH_QPS, ListingError, ListingInfo, ListingStore, list_videos
+from snapbatch.run.margin import cache_dir
+from snapbatch.run.quota import Pacing, resolve_quota
 from snapbatch.run.runner import RunOptions, RunResult, StopReason
 from snapbatch.run.session import Progress, RunEvents, run_manifest
 from snapbatch.run.state import State, default_state_path
 from snapbatch.vod.chain import find_provider
+from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.endpoint import resolve_endpoint, resolve_region
 from snapbatch.vod.providers import CredentialsProvider, StaticCredentials
@@ -48,6 +67,7 @@ __all__ = [
     "absorb_events",
     "events_path",
     "open_state",
+    "plan_listings",
     "report_command",
     "resolve_target",
     "run_command",
@@ -55,7 +75,6 @@ __all__ = [
 ]
 
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _COMPLETION_FILTER = {"completed": "success", "failed": "fail", "processing": "processing", "unknown": None}
 
 
@@ -90,20 +109,37 @@ def absorb_events(args: argparse.Namespace, manifest: Manifest, state: State) ->
 def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest = load_manifest(args.manifest, env)
     out.problems(manifest.warnings)
-    if args.emulator:
+    quota = resolve_quota(args.quota, env.get("SNAPBATCH_QUOTA"), manifest.quota)
+    if args.emulator:  # a throwaway emulator and key: nothing to share with, nothing worth learning
         creds = Credentials(
             "emulator-" + secrets.token_hex(4), secrets.token_urlsafe(24), None, "the built-in emulator"
         )
-        emulator = Emulator(EmulatorConfig(credentials={creds.access_key_id: (creds.access_key_secret, None)}))
-        with running_emulator(emulator) as served:
-            return _run(args, manifest, served.url, StaticCredentials(creds), out)
+        config = EmulatorConfig(
+            credentials={creds.access_key_id: (creds.access_key_secret, None)},
+            qps=30.0,
+            query_only=True,
+            catalogue=_catalogue(args, manifest, out),
+        )
+        with running_emulator(Emulator(config)) as served:
+            return _run(args, manifest, served.url, StaticCredentials(creds), out, Pacing("off"))
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
-    # Behind a proxy, httpx's own transport (which honours the proxy variables) carries the calls.
-    proxied = any(env.get(name) for name in _PROXY_VARIABLES)
-    if proxied:
-        out.log(proxy_line())
-    return _run(args, manifest, endpoint, provider, out, proxied)
+    return _run(args, manifest, endpoint, provider, out, Pacing(quota, cache_dir(env), args.quota_wait))
+
+
+def _catalogue(args: argparse.Namespace, manifest: Manifest, out: Out) -> Catalogue | None:
+    """The built-in emulator's catalogue for search jobs (`run --emulator --catalogue FILE`)."""
+    path = getattr(args, "catalogue", None)
+    if path is None:
+        if search_jobs(manifest):
+            out.log("the built-in emulator has no catalogue, so search jobs find no videos; give --catalogue FILE")
+        return None
+    try:
+        return load_catalogue(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read --catalogue {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--catalogue: {exc}") from None
 
 
 def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str]) -> str:
@@ -124,6 +160,24 @@ class _Printer(RunEvents):
         if recovered:
             self.out.log(recovered_line(recovered, self.resend_in_doubt))
         self.out.log(self.start)
+
+    def pacing(self, quota: str, margin_s: float | None) -> None:
+        if margin_s is not None:
+            self.log(margin_line(margin_s))
+        if quota != "off":
+            self.log(quota_shared_line(quota))
+
+    def unshared(self, problem: str) -> None:
+        self.log(quota_unshared_line(problem))
+
+    def quota_paused(self, problem: str, outage_s: float) -> None:
+        self.log(quota_paused_line(problem, outage_s))
+
+    def quota_back(self, after_s: float) -> None:
+        self.log(quota_back_line(after_s))
+
+    def listed(self, info: ListingInfo, fresh: bool) -> None:
+        self.log(listing_line(info, fresh=fresh))
 
     def ingested(self, total: int, new: int) -> None:
         self.log(ingested_line(total, new))
@@ -154,7 +208,7 @@ def _run(
     endpoint: str,
     creds: CredentialsProvider,
     out: Out,
-    proxied: bool = False,
+    pacing: Pacing,
 ) -> int:
     qps = args.qps or manifest.qps
     options = RunOptions(
@@ -176,7 +230,9 @@ def _run(
             options=options,
             events=printer,
             progress_every_s=args.progress_every or (1.0 if printer.tty else 10.0),
-            lean_transport=not proxied,
+            pacing=pacing,
+            relist=getattr(args, "relist", False),
+            search_qps=getattr(args, "search_qps", None) or SEARCH_QPS,
             prepare=lambda state: _prepare(args, manifest, state, out),
         )
     finally:
@@ -188,7 +244,11 @@ def _run(
     out.log(summary_line(summary))
     if args.json:
         print(json.dumps(summary), file=out.stdout)
-    return _exit_code(result, after)
+    code = _exit_code(result, after)
+    if finished.unfinished_listings and code == EXIT["ok"]:  # stopped while listing: nothing pending, work left
+        out.log(unfinished_listings_line(finished.unfinished_listings))
+        code = EXIT["interrupted"] if result.stop_reason == StopReason.INTERRUPTED else EXIT["stopped"]
+    return code
 
 
 def _prepare(args: argparse.Namespace, manifest: Manifest, state: State, out: Out) -> None:
@@ -198,6 +258,65 @@ def _prepare(args: argparse.Namespace, manifest: Manifest, state: State, out: Ou
         out.log(absorbed_line(resolved))
     if getattr(args, "resubmit_failed_jobs", False):
         out.log(reopened_line(state.reopen_failed_jobs()))
+
+
+@contextmanager
+def plan_listings(args: argparse.Namespace, manifest: Manifest, env: Mapping[str, str], out: Out) -> Iterator[Listings]:
+    """The search jobs' lists for `plan`: the batch's frozen ones where it has them, else listed now through
+    SearchMedia into a scratch file (needs credentials and the network). A job that cannot be listed is named
+    and left out; the rest of the plan stands."""
+    jobs = [(job.name, job.ids.search) for job in search_jobs(manifest) if job.ids.search is not None]
+    found: dict[str, Any] = {}
+    state_path = _state_path(args, manifest)
+    frozen = {info.job: info for info in ListingStore.read(state_path)} if state_path.exists() else {}
+    todo = []
+    for name, search in jobs:
+        info = frozen.get(name)
+        if info is not None and info.complete and (info.match, info.sort_by) == (search.match, search.sort_by):
+            out.log(listing_line(info))
+            found[name] = info
+        else:
+            todo.append((name, search))
+    listings: dict[str, Any] = {}
+    if found:
+        listings.update(ListingStore(state_path).listings(list(found)))
+    if not todo:
+        yield listings
+        return
+    names = ", ".join(name for name, _ in todo)
+    if getattr(args, "offline", False) or getattr(args, "emulator", False):
+        why = "--offline" if getattr(args, "offline", False) else "no `run --emulator` has listed them yet"
+        out.log(f"{why}: search jobs {names} are not listed, so their requests are not shown")
+        yield listings
+        return
+    with tempfile.TemporaryDirectory(prefix="snapbatch-plan-") as scratch:
+        try:
+            endpoint = resolve_target(args, manifest, env)
+            provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), None, log=out.log)
+        except SnapbatchError as exc:
+            out.log(f"cannot list search jobs {names} (listing needs credentials): {exc}; their requests are not shown")
+            yield listings
+            return
+        store = ListingStore(Path(scratch) / "plan.sqlite3")
+        out.log(f"listing search jobs {names} through SearchMedia at {endpoint} as {provider.source} (not frozen)")
+
+        async def list_all() -> None:
+            limiter = Limiter(RateWindow(SEARCH_QPS))
+            async with VodClient(endpoint, provider) as client:
+                for name, search in todo:
+                    try:
+                        info = await list_videos(store, name, search, client, limiter)
+                    except ListingError as exc:
+                        out.log(f"cannot list search job {name}: {exc}; its requests are not shown")
+                        continue
+                    out.log(f"job {name}: {info.listed} videos match now (listed for this plan only)")
+                    listings.update(store.listings([name]))
+
+        try:
+            anyio.run(list_all)
+        finally:
+            store.close()
+        yield listings
 
 
 def _exit_code(result: RunResult, after: dict[str, int]) -> int:
@@ -238,6 +357,7 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     finally:
         state.close()
     doc = status_document(manifest.batch, counts, holder, recent / window, window, errors, completion)
+    doc["listings"] = [listing_document(info) for info in ListingStore.read(state.path)]
     if args.json:
         print(json.dumps(doc), file=out.stdout)
     else:

@@ -70,7 +70,7 @@ def _key(extend: Any) -> str | None:
     if isinstance(extend, str):
         try:
             extend = json.loads(extend)
-        except ValueError:
+        except (ValueError, RecursionError):  # the user's own text, possibly anything
             return None
     value = extend.get(EXTEND_TAG) if isinstance(extend, dict) else None
     return value if isinstance(value, str) and value else None
@@ -78,17 +78,22 @@ def _key(extend: Any) -> str | None:
 
 def parse_event(body: bytes) -> list[EventRecord] | None:
     """A SnapshotComplete event -> one record per job it names (normally one); [] for another event type;
-    None when the body is not an event at all."""
+    None when the body is not an event at all, or not one that can be stored (the receiver answers 400)."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested a few thousand deep
         return None
     if not isinstance(doc, dict):
         return None
     if doc.get("EventType") != "SnapshotComplete":
         return []
+    raw_infos = doc.get("SnapshotInfos") or []
+    if not isinstance(raw_infos, list):
+        return None
+    infos = [i for i in raw_infos if isinstance(i, dict)]
+    if any(not isinstance(i.get("JobId", ""), str) for i in infos):
+        return None
     status = SUCCESS if str(doc.get("Status", "")).lower() == "success" else FAIL
-    infos = [i for i in doc.get("SnapshotInfos") or [] if isinstance(i, dict)]
     snapshots = [
         {"type": i.get("SnapshotType"), "count": i.get("SnapshotCount"), "url": i.get("SnapshotRegular")} for i in infos
     ]
@@ -109,8 +114,18 @@ def parse_event(body: bytes) -> list[EventRecord] | None:
 
     job_ids = list(dict.fromkeys(str(i["JobId"]) for i in infos if i.get("JobId")))
     if not job_ids:
-        return [record(hashlib.sha256(body).hexdigest(), None)]
-    return [record(f"{job}|{status}", job) for job in job_ids]
+        records = [record(hashlib.sha256(body).hexdigest(), None)]
+    else:
+        records = [record(f"{job}|{status}", job) for job in job_ids]
+    # JSON may carry lone surrogates ("\ud800"), which SQLite cannot store: refuse them here, not in the writer
+    try:
+        for r in records:
+            for text in (r.job_id, r.request_key, r.video, r.error_code, r.error_message, r.snapshots):
+                if text is not None:
+                    text.encode()
+    except UnicodeEncodeError:
+        return None
+    return records
 
 
 class EventStore:

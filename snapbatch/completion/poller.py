@@ -46,7 +46,7 @@ class PollResult:
     completed: int = 0
     failed: int = 0
     processing: int = 0
-    unknown: int = 0  # the service did not know the job
+    unknown: int = 0  # the service did not know the job: recorded as failed, with its code
     throttled: int = 0
     errors: int = 0  # transient errors and lost answers (asked again next pass)
     passes: int = 0
@@ -158,14 +158,27 @@ def _record(
                 )
             )
             continue
+        if outcome.kind == FAILED:
+            # The service does not know the job (its records expired, or the endpoint is not the one that took
+            # it). Asking again would get the same answer forever, so it is final: failed, with the service's
+            # code, so `run --resubmit-failed-jobs` can send it again if its snapshots are missing.
+            result.unknown += 1
+            completions.append(
+                Completion(
+                    job_id,
+                    FAIL,
+                    code=outcome.code,
+                    message=f"GetJobDetail does not know this job ({outcome.message or outcome.code}); resubmit it "
+                    "with `snapbatch run --resubmit-failed-jobs` if its snapshots are missing",
+                )
+            )
+            continue
         asked_only.append(job_id)  # asked again next pass, after the jobs not asked yet
         if outcome.kind == THROTTLED:
             result.throttled += 1
             limiter.throttled()
         elif outcome.kind == FATAL:
             result.fatal = result.fatal or outcome
-        elif outcome.kind == FAILED:
-            result.unknown += 1
         else:
             result.errors += 1
     state.record_completions(completions)

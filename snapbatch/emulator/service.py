@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from snapbatch.emulator.catalogue import Catalogue, CatalogueError
 from snapbatch.emulator.sts import CREDENTIALS_URI_PATH, STS_ACTIONS, STS_VERSION, Sts, StsConfig, StsError
 from snapbatch.vod.api import API_VERSION, REFERENCE_ID, TIMESTAMP_FORMAT
 from snapbatch.vod.signing import (
@@ -107,6 +108,11 @@ class EmulatorConfig:
     # AccessKeyId -> the account whose per-second limit its calls count against (default: the key's own)
     accounts: dict[str, str] = field(default_factory=dict)
     sts: StsConfig | None = None  # also act as STS (AssumeRole, AssumeRoleWithOIDC, a credentials URI)
+    # read API parameters from the query string only, as a gateway that ignores form bodies would (a form
+    # body still counts for the V3 body hash); the official SDKs and snapbatch send none
+    query_only: bool = False
+    catalogue: Catalogue | None = None  # the videos SearchMedia searches (none: SearchMedia finds nothing)
+    search_qps: float = 50.0  # SearchMedia's own per-account limit
 
 
 @dataclass
@@ -211,6 +217,8 @@ class Emulator:
         params = {**query, **form}
         if self.sts is not None and (params.get("Action") in STS_ACTIONS or split.path == CREDENTIALS_URI_PATH):
             return self._handle_sts(method, split.path, params, entry, request_id)
+        if self.config.query_only:
+            params = query  # the VOD gateway of query_only: a form body's parameters do not count
         if "authorization" in headers:
             key_id, action, version = self._check_v3(method, split.path or "/", query, headers, body)
         else:
@@ -222,7 +230,7 @@ class Emulator:
                 "MissingParameter",
                 "The input parameter Action that is mandatory for processing this request is not supplied.",
             )
-        if action not in ("SubmitSnapshotJob", "GetJobDetail"):
+        if action not in ("SubmitSnapshotJob", "GetJobDetail", "SearchMedia"):
             raise _Error(
                 "InvalidAction.NotFound", f"Specified api {action} is not found, please check your url and method."
             )
@@ -237,6 +245,11 @@ class Emulator:
             return Reply(0, {}, drop=True)
         if action == "GetJobDetail":
             return Reply(200, self._job_detail(params, request_id, entry["t"]))
+        if action == "SearchMedia":
+            try:
+                return Reply(200, (self.config.catalogue or Catalogue()).search(params, request_id))
+            except CatalogueError as exc:
+                raise _Error(exc.code, exc.message) from None
         video_id = self._check_submit(params)
         job_id = uuid.uuid4().hex
         self.jobs[job_id] = self._new_job(video_id, entry["t"], entry["params"])
@@ -382,7 +395,7 @@ class Emulator:
         window = self.windows.setdefault((self.config.accounts.get(key_id, key_id), action), deque())
         while window and window[0] <= now - 1.0:
             window.popleft()
-        if len(window) + 1 > self.config.qps:
+        if len(window) + 1 > (self.config.search_qps if action == "SearchMedia" else self.config.qps):
             raise _Error("Throttling.User", "Request was denied due to user flow control.")
         window.append(now)
 

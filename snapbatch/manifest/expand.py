@@ -10,15 +10,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from snapbatch.errors import ManifestError, Problem
-from snapbatch.manifest.ids import read_ids
+from snapbatch.manifest.ids import IdEntry, read_ids
 from snapbatch.models import KEY_CHARS, Job, Manifest, Request
 
-__all__ = ["KEY_CHARS", "Survey", "duplicate_candidates", "expand", "fingerprint", "survey"]
+__all__ = [
+    "KEY_CHARS",
+    "Listings",
+    "Survey",
+    "duplicate_candidates",
+    "expand",
+    "fingerprint",
+    "search_jobs",
+    "survey",
+]
+
+# A search job's name -> its frozen list of VideoIds, streamed. A search job missing here names no requests.
+Listings = Mapping[str, Callable[[], Iterator[str]]]
 
 MAX_DUPLICATE_WARNINGS = 20
 
@@ -41,7 +53,24 @@ class _Item(NamedTuple):
     where: str
 
 
-def _items(manifest: Manifest) -> Iterator[_Item]:
+def search_jobs(manifest: Manifest) -> list[Job]:
+    """The jobs whose videos come from SearchMedia."""
+    return [job for job in manifest.jobs if job.ids.search is not None]
+
+
+def _entries(job: Job, listings: Listings | None) -> Iterator[IdEntry]:
+    if job.ids.search is None:
+        yield from read_ids(job.ids)
+        return
+    listed = (listings or {}).get(job.name)
+    if listed is None:
+        return
+    loc = job.ids.loc
+    for video in listed():
+        yield IdEntry(video, loc.file, loc.line, loc.col)
+
+
+def _items(manifest: Manifest, listings: Listings | None = None) -> Iterator[_Item]:
     # IDs were checked when the manifest was loaded; this path runs once per request, so it stays lean.
     for job in manifest.jobs:
         kind = job.ids.kind
@@ -50,7 +79,7 @@ def _items(manifest: Manifest) -> Iterator[_Item]:
             (v.template, dict(v.params), h)
             for v, h in zip(job.variants, _variant_hashers(manifest.batch, job), strict=True)
         ]
-        for entry in read_ids(job.ids):
+        for entry in _entries(job, listings):
             if entry.error is not None:  # the file changed since it was checked
                 raise ManifestError([Problem(entry.file, entry.line, entry.col, where, entry.error)])
             video = entry.value
@@ -66,7 +95,7 @@ def _items(manifest: Manifest) -> Iterator[_Item]:
 _BLOOM_BITS = 1 << 25  # 4 MiB: a million requests give about 4,000 false candidates
 
 
-def duplicate_candidates(manifest: Manifest) -> set[int]:
+def duplicate_candidates(manifest: Manifest, listings: Listings | None = None) -> set[int]:
     """Fingerprints that may occur more than once: every true duplicate plus a few false ones.
 
     A fixed-size Bloom filter (two bit positions a request) keeps memory flat however many requests there
@@ -75,7 +104,7 @@ def duplicate_candidates(manifest: Manifest) -> set[int]:
     bits = bytearray(_BLOOM_BITS // 8)
     mask = _BLOOM_BITS - 1
     candidates: set[int] = set()
-    for item in _items(manifest):
+    for item in _items(manifest, listings):
         fp = item.fingerprint
         present = True
         for shift in (0, 32):
@@ -90,13 +119,18 @@ def duplicate_candidates(manifest: Manifest) -> set[int]:
 
 
 def expand(
-    manifest: Manifest, *, candidates: set[int] | None = None, fold_duplicates: bool = True
+    manifest: Manifest,
+    *,
+    candidates: set[int] | None = None,
+    fold_duplicates: bool = True,
+    listings: Listings | None = None,
 ) -> Iterator[Request]:
-    """Every request, duplicates folded (the first occurrence stays) unless asked otherwise."""
+    """Every request, duplicates folded (the first occurrence stays) unless asked otherwise. Search jobs
+    name requests only through ``listings``."""
     if fold_duplicates and candidates is None:
-        candidates = duplicate_candidates(manifest)
+        candidates = duplicate_candidates(manifest, listings)
     seen: set[int] = set()
-    for item in _items(manifest):
+    for item in _items(manifest, listings):
         if candidates and item.fingerprint in candidates:
             if item.fingerprint in seen:
                 continue
@@ -116,11 +150,11 @@ class Survey:
     candidates: set[int] = field(default_factory=set)
 
 
-def survey(manifest: Manifest) -> Survey:
+def survey(manifest: Manifest, listings: Listings | None = None) -> Survey:
     """Count requests per job and template and find duplicates, each duplicate a warning (the first few)."""
-    result = Survey(candidates=duplicate_candidates(manifest))
+    result = Survey(candidates=duplicate_candidates(manifest, listings))
     seen: set[int] = set()
-    for item in _items(manifest):
+    for item in _items(manifest, listings):
         result.total += 1
         request = item.request
         if item.fingerprint in result.candidates:
@@ -165,6 +199,7 @@ def fingerprint(manifest: Manifest) -> str:
                         [v.template for v in j.variants],
                         [i for i, _ in j.ids.inline or ()],
                         j.ids.column,
+                        *([j.ids.search.match, j.ids.search.sort_by] if j.ids.search is not None else []),
                     ]
                     for j in manifest.jobs
                 ],

@@ -21,7 +21,8 @@ from snapbatch.errors import ManifestError, Problem, UsageError
 from snapbatch.manifest import located
 from snapbatch.manifest.ids import check_id, read_ids
 from snapbatch.manifest.located import Document, format_path
-from snapbatch.models import DEFAULT_QPS, EXTEND_TAG, KEY_CHARS, IdSource, Job, Loc, Manifest, Variant
+from snapbatch.manifest.match import MatchError, check_sort_by, parse
+from snapbatch.models import DEFAULT_QPS, EXTEND_TAG, KEY_CHARS, IdSource, Job, Loc, Manifest, Search, Variant
 from snapbatch.vod.endpoint import check_url
 
 __all__ = ["MAX_ID_PROBLEMS", "load_manifest", "merge", "schema", "to_wire"]
@@ -145,7 +146,14 @@ class _Checker:
             raise ManifestError(self.problems)
         warnings = tuple(p for p in self.problems if p.severity == "warning")
         return Manifest(
-            manifest.path, manifest.batch, manifest.region, manifest.endpoint, manifest.qps, manifest.jobs, warnings
+            manifest.path,
+            manifest.batch,
+            manifest.region,
+            manifest.endpoint,
+            manifest.qps,
+            manifest.jobs,
+            warnings,
+            manifest.quota,
         )
 
     def errors(self) -> list[Problem]:
@@ -199,6 +207,8 @@ class _Checker:
     def unknown_key(self, key: str, known: list[str]) -> str:
         if key == "VideoId":
             return "VideoId is not a parameter here: list the videos under the job's `videos`"
+        if key == "search":
+            return "search works under `videos` only: SearchMedia finds videos by VideoId"
         if key == "ReferenceId":
             return "ReferenceId is not a parameter here: list the videos' custom IDs under `reference_ids`"
         hint = _close(key, known)
@@ -229,6 +239,8 @@ class _Checker:
                 return f"{inst!r} must be an http:// or https:// URL"
             if field == "region":
                 return f"{inst!r} is not a region ID such as cn-shanghai"
+            if field == "quota":
+                return f"{inst!r} is not local, off or a redis://HOST:PORT/DB URL"
             return f"{inst!r} does not match {err.validator_value}"
         if kind in ("minimum", "exclusiveMinimum"):
             word = "at least" if kind == "minimum" else "more than"
@@ -241,6 +253,8 @@ class _Checker:
             return f"lists {len(inst)} items; at most {err.validator_value} are allowed"
         if kind == "minLength":
             return "must not be empty"
+        if kind == "not" and field == "videos":
+            return "takes {search: MATCH} or {file: PATH}, not both; split it into two jobs"
         return str(err.message)
 
     def type_message(self, expected: Any, inst: Any, path: located.Path) -> str:
@@ -255,8 +269,12 @@ class _Checker:
         wanted = [expected] if isinstance(expected, str) else list(expected)
         if set(wanted) == {"integer", "string"}:
             wanted = ["integer"]
-        if len(path) >= 3 and path[-2] in ("videos", "reference_ids"):
+        if len(path) >= 3 and path[-2] in ("videos", "reference_ids") and isinstance(path[-1], int):
             return "an ID must be text; this one is empty (write it in quotes if `~` or `null` is really the ID)"
+        if "array" in wanted and "object" in wanted and path and path[-1] == "videos":
+            return "must be a list of IDs, {file: PATH}, {file: PATH, column: NAME} or {search: MATCH}"
+        if "string" in wanted and "object" in wanted and path and path[-1] == "search":
+            return "must be a Match expression, or {match: MATCH, sort_by: ...}"
         if "array" in wanted and "object" in wanted:
             return "must be a list of IDs, {file: PATH} or {file: PATH, column: NAME}"
         if inst is None:
@@ -316,7 +334,13 @@ class _Checker:
             if built is not None:
                 jobs.append(built)
         return Manifest(
-            self.path, top["batch"], top.get("region"), endpoint, float(top.get("qps", DEFAULT_QPS)), tuple(jobs)
+            self.path,
+            top["batch"],
+            top.get("region"),
+            endpoint,
+            float(top.get("qps", DEFAULT_QPS)),
+            tuple(jobs),
+            quota=top.get("quota"),
         )
 
     def check_endpoint(self, endpoint: str) -> None:
@@ -443,12 +467,34 @@ class _Checker:
                 value = self.substitute(raw, (*path, i)) if raw is not None and "${" in raw else raw
                 inline.append((value if value is not None else str(item), self.loc((*path, i))))
             return IdSource(kind, self.loc(path), inline=tuple(inline))
+        if "search" in spec:
+            return self.search_source(spec["search"], path)
         file = self.path.parent / spec["file"]
         column_loc = self.loc((*path, "column")) if "column" in spec else None
         return IdSource(kind, self.loc((*path, "file")), file=file, column=spec.get("column"), column_loc=column_loc)
 
+    def search_source(self, spec: str | dict[str, Any], path: located.Path) -> IdSource:
+        """A search source; its Match expression is checked here, with the location inside the string."""
+        if isinstance(spec, str):
+            text_path: located.Path = (*path, "search")
+            search = Search(spec)
+        else:
+            text_path = (*path, "search", "match")
+            search = Search(spec["match"], spec.get("sort_by", "CreationTime:Desc"))
+            sort_problem = check_sort_by(search.sort_by)
+            if sort_problem:
+                self.error((*path, "search", "sort_by"), sort_problem)
+        try:
+            parse(search.match)
+        except MatchError as exc:
+            line, col = self.doc.mark_in(text_path, exc.offset)
+            self.problems.append(Problem(self.doc.file, line, col, format_path(text_path), exc.message))
+        return IdSource("VideoId", self.loc((*path, "search")), search=search)
+
     def check_ids(self) -> None:
         for job in self.id_sources:
+            if job.ids.search is not None:  # listed at run time, not here
+                continue
             count = bad = 0
             try:
                 for entry in read_ids(job.ids):

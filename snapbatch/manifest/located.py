@@ -48,6 +48,40 @@ class Document:
     marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     raw: dict[Path, str] = field(default_factory=dict)  # plain (unquoted) scalars as written
+    text: str = ""
+    spans: dict[Path, tuple[int, int, str | None]] = field(default_factory=dict)  # scalars: start, end, style
+
+    def mark_in(self, path: Path, offset: int) -> tuple[int | None, int | None]:
+        """The line and column of the character at ``offset`` in the scalar value at ``path``: the value is
+        aligned with its source text, skipping quotes, escapes, indentation and folded line breaks."""
+        span = self.spans.get(path)
+        if span is None:
+            return self.mark(path)
+        start, end, style = span
+        src = self.text
+        pos = start
+        if style in ("|", ">"):  # the content starts on the line after the indicator
+            pos = src.find("\n", start, end) + 1 or start
+        value = self.value_at(path)
+        if not isinstance(value, str):
+            return self.mark(path)
+        for char in value[:offset]:
+            pos = _advance(src, pos, end, char) + 1
+        if offset < len(value):
+            pos = _advance(src, pos, end, value[offset])
+        line = src.count("\n", 0, pos) + 1
+        return line, pos - (src.rfind("\n", 0, pos) + 1) + 1
+
+    def value_at(self, path: Path) -> Any:
+        node: Any = self.value
+        for part in path:
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                return None
+        return node
 
     def mark(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
         """The line and column of ``path`` (its key when ``key``), or of its nearest located ancestor."""
@@ -59,6 +93,17 @@ class Document:
             if path in self.marks:
                 return self.marks[path]
         return (None, None)
+
+
+def _advance(src: str, pos: int, end: int, char: str) -> int:
+    """The index of the source character that yields ``char`` of the value, at or after ``pos``."""
+    at = pos
+    while at < end:
+        found = src[at]
+        if found == char or (char == " " and found == "\n"):
+            return at
+        at += 1
+    return pos
 
 
 def format_path(path: Path) -> str:
@@ -157,6 +202,7 @@ class _Builder:
 
     def scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         text = node.value
+        self.doc.spans[path] = (node.start_mark.index, node.end_mark.index, node.style)
         if node.tag == _PLAIN:
             self.doc.raw[path] = text
             return _resolve_plain(text)
@@ -227,6 +273,7 @@ def load(data: bytes, file: str) -> Document:
         raise fail("the YAML is nested too deeply to be a manifest") from None
     if root is None:
         raise fail("the manifest is empty; start from jobs.example.yaml", 1, 1)
+    doc.text = text
     builder = _Builder(doc)
     try:
         doc.value = builder.build(root, ())

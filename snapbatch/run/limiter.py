@@ -21,26 +21,36 @@ from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["DEFAULT_MARGIN_S", "Limiter", "LimiterStatistics", "RateWindow"]
+__all__ = ["DEFAULT_MARGIN_S", "MAX_MARGIN_S", "Limiter", "LimiterStatistics", "RateWindow"]
 
-DEFAULT_MARGIN_S = 0.006
+# Measured (bench/arrival_jitter.py): with connections reused, as snapbatch's are once its pool has grown,
+# 99% of calls reach the emulator within 14 ms of their admission on a loaded 2-core host, and 15 ms keeps
+# 98.5% of qps. Rarer, wider bunching is what throttles teach (+10 ms each, kept across runs: margin.py).
+DEFAULT_MARGIN_S = 0.015
 _DECREASE = 0.7
 _RECOVERY_PER_S = 0.1  # of qps
 _FLOOR = 0.05  # of qps
 _MARGIN_STEP_S = 0.01  # each throttle widens the margin by this much...
-_MAX_MARGIN_S = 0.05  # ...up to this,
+MAX_MARGIN_S = 0.05  # ...up to this,
 _RELAX_PER_MIN_S = 0.002  # and it narrows by this much for each quiet minute
 _SHARED_WINDOW_S = 10.0  # this many throttles within this many seconds cut the rate too
 _SHARED_COUNT = 3
 
 
 class RateWindow:
-    def __init__(self, qps: float, margin_s: float = DEFAULT_MARGIN_S) -> None:
+    def __init__(
+        self, qps: float, margin_s: float = DEFAULT_MARGIN_S, *, learned_s: float | None = None, now: float = 0.0
+    ) -> None:
+        """``learned_s``: the margin an earlier run ended with (see margin.py); it applies from ``now`` and
+        relaxes over quiet minutes like one widened by a throttle."""
         if not qps > 0:
             raise ValueError("qps must be positive")
         self.qps = qps
         self.base_margin_s = margin_s
-        self.widened_s = margin_s  # the margin right after the last throttle
+        self.widened_s = margin_s  # the margin right after the last throttle (or the learned one)
+        self.widened_at: float | None = None
+        if learned_s is not None and learned_s > margin_s:
+            self.widened_s, self.widened_at = min(learned_s, MAX_MARGIN_S), now
         self.cap = max(1, math.floor(qps))
         self.recent: deque[float] = deque(maxlen=self.cap)
         self.last: float | None = None
@@ -50,9 +60,9 @@ class RateWindow:
 
     def margin(self, now: float) -> float:
         """The current margin: the base one, or wider after throttling, relaxing back over quiet minutes."""
-        if not self.throttles:
+        if self.widened_at is None:
             return self.base_margin_s
-        quiet_min = max(0.0, now - self.throttles[-1]) / 60
+        quiet_min = max(0.0, now - self.widened_at) / 60
         return max(self.base_margin_s, self.widened_s - _RELAX_PER_MIN_S * math.floor(quiet_min))
 
     def rate(self, now: float) -> float:
@@ -82,7 +92,8 @@ class RateWindow:
     def throttled(self, now: float) -> bool:
         """The service throttled a call: widen the margin; when throttles keep coming, cut the rate too
         (once a second at most). True when it cut."""
-        self.widened_s = min(max(self.widened_s, _MAX_MARGIN_S), self.margin(now) + _MARGIN_STEP_S)
+        self.widened_s = min(max(self.widened_s, MAX_MARGIN_S), self.margin(now) + _MARGIN_STEP_S)
+        self.widened_at = now
         while self.throttles and now - self.throttles[0] > _SHARED_WINDOW_S:
             self.throttles.popleft()
         self.throttles.append(now)
@@ -109,8 +120,11 @@ class Limiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        on_throttled: Callable[[float], object] | None = None,
     ) -> None:
+        """``on_throttled`` hears the margin after each throttle (margin.py keeps it for the next run)."""
         self.window, self.clock, self.sleep = window, clock, sleep
+        self.on_throttled = on_throttled
         self._lock = anyio.Lock()
         self.admitted = 0
         self.cuts = 0
@@ -129,8 +143,11 @@ class Limiter:
             return now
 
     def throttled(self) -> None:
-        if self.window.throttled(self.clock()):
+        now = self.clock()
+        if self.window.throttled(now):
             self.cuts += 1
+        if self.on_throttled is not None:
+            self.on_throttled(self.window.margin(now))
 
     def statistics(self) -> LimiterStatistics:
         return LimiterStatistics(self.admitted, self.cuts, self.window.rate(self.clock()))

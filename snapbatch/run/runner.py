@@ -25,6 +25,7 @@ import anyio.abc
 
 from snapbatch.models import Outcome, OutcomeKind, RequestStatus
 from snapbatch.run.limiter import Limiter
+from snapbatch.run.quota import QuotaUnavailable
 from snapbatch.run.state import Change, Intent, Row, Settled, State, Unsent
 
 __all__ = ["RunOptions", "RunResult", "Sender", "StopReason", "is_testing", "run_batch", "set_testing"]
@@ -78,6 +79,8 @@ class StopReason(StrEnum):
     RETRY_BUDGET = "retry-budget"  # the service kept failing or throttling
     OUTAGE = "outage"  # many answers in a row were 5xx or lost
     UNREACHABLE = "unreachable"  # the endpoint never answered at all
+    WRONG_ENDPOINT = "wrong-endpoint"  # what answered is not VOD's API (a redirect, a proxy's page)
+    QUOTA = "quota"  # the shared quota's store stayed unreachable (RunResult.quota_error says why)
     INTERRUPTED = "interrupted"  # the caller set ``stop`` (Ctrl-C, SIGTERM)
 
 
@@ -91,8 +94,9 @@ class RunResult:
     calls: int = 0  # calls made, retries included
     gave_up: int = 0  # requests left pending or in doubt after options.max_attempts attempts
     stop_reason: StopReason | None = None  # None: everything there was to send was sent
+    quota_error: str | None = None  # why the shared quota's store was unusable (stop_reason QUOTA)
     fatal: Outcome | None = None
-    last_error: Outcome | None = None  # the latest throttled, transient or lost answer
+    last_error: Outcome | None = None  # the latest throttled, transient or lost answer, or a wrong endpoint's
     elapsed_s: float = 0.0
     codes: dict[str, int] = field(default_factory=dict)
 
@@ -160,6 +164,7 @@ class _Run:
         self.tries: dict[str, int] = {}  # attempts this run made of each request now waiting for a retry
         self.stop_reason: StopReason | None = None
         self.wakeup = anyio.Event()
+        self.acquiring = anyio.CancelScope()  # a stop cuts a wait for a slot short (a shared quota may be away)
         self.page: list[Row] = []
         self.after_seq = 0
         self.exhausted = False
@@ -176,6 +181,7 @@ class _Run:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.wakeup.set()
+        self.acquiring.cancel()
 
     async def _wait(self, timeout_s: float) -> None:
         self.wakeup = anyio.Event()
@@ -226,7 +232,12 @@ class _Run:
                 while not self.proven and self.in_flight > 0 and self.stop_reason is None:
                     await self._wait(1.0)
                 if self.stop_reason is None:
-                    await self.limiter.acquire()
+                    with anyio.CancelScope() as self.acquiring:
+                        try:
+                            await self.limiter.acquire()
+                        except QuotaUnavailable as exc:
+                            self.result.quota_error = str(exc)
+                            self.stop(StopReason.QUOTA)
                 if self.stop_reason is not None:
                     slots.release()
                     for unsent in batch[index:]:  # marked sending but never sent: back as they were
@@ -269,6 +280,9 @@ class _Run:
         elif kind == OutcomeKind.FATAL:
             r.fatal = r.fatal or outcome
             self.stop(StopReason.FATAL)
+        elif kind == OutcomeKind.WRONG_ENDPOINT:
+            r.last_error = outcome
+            self.stop(StopReason.WRONG_ENDPOINT)
         elif kind == OutcomeKind.THROTTLED:
             r.throttled += 1
             self.limiter.throttled()

@@ -1,6 +1,8 @@
 """One whole run of a batch, as `snapbatch run` does it, for any caller: lock the state, recover what a
-killed run left in flight, read the manifest into the state while sending (the ingest runs in a thread),
-stop cleanly on SIGINT/SIGTERM, and tell the caller how it goes through a ``RunEvents`` object.
+killed run left in flight, list the search jobs (or find their lists frozen), read the manifest into the
+state while sending (the ingest runs in a thread), pace with the key's quota (alone, shared on this host or
+through Redis, with the margin earlier runs learned), stop cleanly on SIGINT/SIGTERM, and tell the caller how
+it goes through a ``RunEvents`` object.
 
 Nothing here prints: the CLI's RunEvents turns the events into lines (report.py has the words).
 """
@@ -20,19 +22,22 @@ from pathlib import Path
 import anyio
 
 from snapbatch.errors import SnapbatchError
-from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.models import Manifest, Outcome, OutcomeKind
-from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, Limiter, RateWindow
+from snapbatch.run.listings import SEARCH_QPS, ListingInfo, ListingStore, freeze_all
+from snapbatch.run.margin import MarginStore
+from snapbatch.run.quota import Pacing, open_limiter
 from snapbatch.run.runner import RunOptions, RunResult, run_batch
 from snapbatch.run.state import State
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.providers import CredentialsProvider
 
-__all__ = ["Finished", "Progress", "RunEvents", "Tally", "run_manifest"]
+__all__ = ["Finished", "Progress", "RunEvents", "Tally", "account_key", "run_manifest"]
 
 # The state writer and the ingest run in threads; a shorter GIL switch interval keeps them from delaying a
-# due call by up to the default 5 ms, which would eat the limiter's 6 ms margin.
+# due call by up to the default 5 ms, which would eat into the limiter's margin.
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -68,6 +73,8 @@ class Progress:
     elapsed_s: float
     resend_in_doubt: bool  # in-doubt requests are work left
     ingesting: bool  # the manifest is still going into the state: the total will grow
+    listing: ListingInfo | None = None  # a search job being listed (its page last committed); nothing sent yet
+    paused: bool = False  # the shared quota cannot be reached: nothing is sent until it can
 
 
 class RunEvents:
@@ -77,6 +84,23 @@ class RunEvents:
     def started(self, recovered: int) -> None:
         """The state is locked and about to be worked on; ``recovered`` requests a killed run left in flight
         are now in doubt."""
+
+    def pacing(self, quota: str, margin_s: float | None) -> None:
+        """How the run paces: ``quota`` is "off" (alone), "local" (shared with the runs on this host) or the
+        shared store's URL; ``margin_s`` is the margin earlier runs on this key learned from throttles, when
+        it is wider than the default."""
+
+    def unshared(self, problem: str) -> None:
+        """The quota cannot be shared on this host (the file for it cannot be used): this run paces alone."""
+
+    def quota_paused(self, problem: str, outage_s: float) -> None:
+        """The shared quota cannot be reached: nothing is sent until it can, for at most ``outage_s``."""
+
+    def quota_back(self, after_s: float) -> None:
+        """The shared quota is reachable again after ``after_s``: sending goes on."""
+
+    def listed(self, info: ListingInfo, fresh: bool) -> None:
+        """A search job's list is in the state: ``fresh`` when listed now, else found frozen there."""
 
     def ingested(self, total: int, new: int) -> None:
         """The manifest is in the state: ``total`` requests, ``new`` of them not there before."""
@@ -97,6 +121,8 @@ class Finished:
 
     result: RunResult
     counts: dict[str, int] = field(default_factory=dict)
+    # search jobs whose listing was cut short (a stop, Ctrl-C): work is left even with nothing pending
+    unfinished_listings: tuple[str, ...] = ()
 
 
 def run_manifest(
@@ -109,18 +135,23 @@ def run_manifest(
     options: RunOptions,
     events: RunEvents | None = None,
     progress_every_s: float = 10.0,
-    lean_transport: bool = True,
+    pacing: Pacing | None = None,
+    relist: bool = False,
+    search_qps: float = SEARCH_QPS,
     handle_signals: bool = True,
     prepare: Callable[[State], None] | None = None,
 ) -> Finished:
     """Send ``manifest``'s requests that ``state_path`` does not record as done, at most ``qps`` calls a
     second, until done or stopped. Raises LockedError when another run holds the state, StateError when it
-    cannot be used. ``credentials``: a fixed key, or a provider (vod.providers) that renews STS credentials
-    ahead of expiry while the run goes. ``lean_transport=False`` uses httpx's own transport (which honours
-    proxy variables). With ``handle_signals`` (and in the main thread), SIGINT and SIGTERM stop the run
-    cleanly. ``prepare(state)`` runs on the locked, recovered state before anything is sent (the CLI brings
-    the receiver's completion events in there)."""
+    cannot be used, ListingError when a search job cannot be listed. ``credentials``: a fixed key, or a
+    provider (vod.providers) that renews STS credentials ahead of expiry while the run goes. ``pacing``: how
+    the key's quota is shared and where learned margins are kept (default: this run alone, nothing kept).
+    Search jobs are listed through SearchMedia at ``search_qps`` unless their lists are frozen in the state
+    (``relist`` lists them again). With ``handle_signals`` (and in the main thread), SIGINT and SIGTERM stop
+    the run cleanly. ``prepare(state)`` runs on the locked, recovered state before anything is sent (the CLI
+    brings the receiver's completion events in there)."""
     events = events or RunEvents()
+    pacing = pacing or Pacing("off")
     state = State(state_path)
     try:
         state.lock(time.time())
@@ -130,14 +161,27 @@ def run_manifest(
         events.started(recovered)
         try:
             with _switch_interval(SWITCH_INTERVAL_S):
-                session = partial(_Session, state, manifest, endpoint, credentials, qps, options, events)
-                result = anyio.run(_run, session, progress_every_s, lean_transport, handle_signals)
+                session = partial(
+                    _Session, state, manifest, endpoint, credentials, qps, options, events, pacing, relist, search_qps
+                )
+                result = anyio.run(_run, session, progress_every_s, handle_signals)
         except BaseExceptionGroup as group:  # a StateError from the writer or the ingest, say
             raise _first_snapbatch_error(group) from None
         state.recover()  # anything cut off by an interrupt is in doubt, not "sending"
-        return Finished(result, state.counts())
+        counts = state.counts()
     finally:
         state.close()
+    names = {job.name for job in search_jobs(manifest)}
+    listings = ListingStore.read(state_path) if names else []
+    unfinished = tuple(info.job for info in listings if not info.complete and info.job in names)
+    return Finished(result, counts, unfinished)
+
+
+def account_key(credentials: Credentials | CredentialsProvider) -> str:
+    """Who owns the quota, across runs: the AccessKeyId, or for STS credentials (whose key id changes with
+    every renewal) the source they come from (a role, a profile)."""
+    current = credentials if isinstance(credentials, Credentials) else credentials.current()
+    return current.access_key_id if current.security_token is None else f"sts:{credentials.source}"
 
 
 @contextmanager
@@ -168,14 +212,21 @@ class _Session:
     qps: float
     options: RunOptions
     events: RunEvents
+    pacing: Pacing
+    relist: bool
+    search_qps: float
     tally: Tally = field(default_factory=Tally)
     ingested: anyio.Event = field(default_factory=anyio.Event)
     abandon: threading.Event = field(default_factory=threading.Event)
+    listing: ListingInfo | None = None  # the page last committed, while a search job is being listed
+    paused_at: float | None = None  # when the shared quota became unreachable, while it is
 
-    async def ingest(self) -> None:
-        fp = await anyio.to_thread.run_sync(fingerprint, self.manifest)
+    async def ingest(self, client: VodClient) -> None:
+        listings, mark = await self.freeze(client)
+        self.listing = None
+        fp = await anyio.to_thread.run_sync(fingerprint, self.manifest) + mark
         if self.state.needs_ingest(fp):
-            requests = expand(self.manifest, fold_duplicates=False)
+            requests = expand(self.manifest, fold_duplicates=False, listings=listings)
             total, new = await anyio.to_thread.run_sync(
                 self.state.ingest, requests, fp, self.manifest.batch, self.abandon
             )
@@ -183,9 +234,43 @@ class _Session:
                 self.events.ingested(total, new)
         self.ingested.set()
 
+    async def freeze(self, client: VodClient) -> tuple[Listings, str]:
+        """List the manifest's search jobs into the state (or find them frozen there), at SearchMedia's own
+        rate; their lists for expand, and a mark that changes whenever one is listed again."""
+        jobs = [(job.name, job.ids.search) for job in search_jobs(self.manifest) if job.ids.search is not None]
+        if not jobs:
+            return {}, ""
+        store = ListingStore(self.state.path)
+
+        def on_page(info: ListingInfo) -> None:
+            self.listing = info
+
+        try:
+            return await freeze_all(
+                store,
+                jobs,
+                client,
+                Limiter(RateWindow(self.search_qps)),
+                relist=self.relist,
+                on_page=on_page,
+                on_done=self.events.listed,
+            )
+        finally:
+            store.close()
+
     def outcome(self, key: str, outcome: Outcome) -> None:
         self.tally.add(outcome)
         self.events.outcome(key, outcome)
+
+    def on_store(self, problem: str | None) -> None:
+        """The shared quota's store went away (``problem``) or came back (None)."""
+        now = time.monotonic()
+        if problem is not None:
+            self.paused_at = now
+            self.events.quota_paused(problem, self.pacing.outage_s)
+        else:
+            since, self.paused_at = self.paused_at, None
+            self.events.quota_back(now - since if since is not None else 0.0)
 
     async def progress(self, every_s: float, clock: Callable[[], float]) -> None:
         started = clock()
@@ -199,6 +284,8 @@ class _Session:
                     clock() - started,
                     self.options.in_doubt == "resend",
                     ingesting=not self.ingested.is_set(),
+                    listing=self.listing,
+                    paused=self.paused_at is not None,
                 )
             )
 
@@ -210,25 +297,35 @@ class _Session:
                 return
 
 
-async def _run(
-    make_session: Callable[[], _Session], progress_every_s: float, lean_transport: bool, handle_signals: bool
-) -> RunResult:
+async def _run(make_session: Callable[[], _Session], progress_every_s: float, handle_signals: bool) -> RunResult:
     session = make_session()  # in the event loop: it holds anyio events
     stop = anyio.Event()
-    limiter = Limiter(RateWindow(session.qps))
+    pacing, owner = session.pacing, account_key(session.credentials)
+    # a run alone (pacing "off", or nowhere to keep anything) neither learns nor starts from a learned margin
+    margins = MarginStore(pacing.cache, session.endpoint, owner) if pacing.cache is not None else None
+    learned = margins.load() if margins is not None else None
+    shared = pacing.quota not in ("local", "off") or (pacing.quota == "local" and pacing.cache is not None)
+    wider = learned if learned is not None and learned > DEFAULT_MARGIN_S else None
+    if shared or wider is not None:
+        session.events.pacing(pacing.quota if shared else "off", wider)
+    window = RateWindow(session.qps, learned_s=learned, now=time.monotonic())
     async with (
-        VodClient(
+        open_limiter(
+            pacing,
+            window,
             session.endpoint,
-            session.credentials,
-            max_connections=session.options.concurrency,
-            lean=lean_transport,
-        ) as client,
+            owner,
+            on_throttled=margins.save if margins is not None else None,
+            on_store=session.on_store,
+            on_unshared=session.events.unshared,
+        ) as limiter,
+        VodClient(session.endpoint, session.credentials, max_connections=session.options.concurrency) as client,
         anyio.create_task_group() as tg,
     ):
         if handle_signals and threading.current_thread() is threading.main_thread():
             tg.start_soon(session.signals, stop)
         tg.start_soon(session.progress, progress_every_s, time.monotonic)
-        tg.start_soon(session.ingest)
+        tg.start_soon(session.ingest, client)
         if not isinstance(session.credentials, Credentials):
             tg.start_soon(session.credentials.keep_fresh)  # renews STS credentials ahead of expiry, off the calls' path
         result = await run_batch(
@@ -241,5 +338,7 @@ async def _run(
             more_coming=lambda: not session.ingested.is_set(),
         )
         session.abandon.set()  # an unfinished ingest commits as it goes and is redone next time
+        if margins is not None:
+            margins.save(limiter.window.margin(time.monotonic()))
         tg.cancel_scope.cancel()
     return result

@@ -84,6 +84,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX requests_job_id ON requests(job_id) WHERE job_id IS NOT NULL",
         "CREATE INDEX requests_open_jobs ON requests(status, completion, checked_at)",
     ),
+    # 2: search jobs' lists (snapbatch.run.listings): each listing's query and progress (the ScrollToken to
+    # continue from), and the VideoIds listed, in order; frozen once finished_at is set
+    (
+        "CREATE TABLE listings (job TEXT PRIMARY KEY, match TEXT NOT NULL, sort_by TEXT NOT NULL, "
+        "scroll_token TEXT, pages INTEGER NOT NULL DEFAULT 0, listed INTEGER NOT NULL DEFAULT 0, total INTEGER, "
+        "started_at REAL NOT NULL, finished_at REAL)",
+        "CREATE TABLE listed_videos (job TEXT NOT NULL, seq INTEGER NOT NULL, video TEXT NOT NULL, "
+        "PRIMARY KEY (job, seq)) WITHOUT ROWID",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

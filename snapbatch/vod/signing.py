@@ -15,6 +15,7 @@ from urllib.parse import quote
 from snapbatch.vod.api import TIMESTAMP_FORMAT
 
 __all__ = [
+    "EMPTY_SHA256",
     "V3_ALGORITHM",
     "canonical_query",
     "encode",
@@ -23,7 +24,6 @@ __all__ = [
     "sign_v1",
     "sign_v3",
     "v1_string_to_sign",
-    "v3_headers",
     "v3_string_to_sign",
 ]
 
@@ -53,23 +53,6 @@ def sign_v1(method: str, params: Mapping[str, str], secret: str) -> str:
     string_to_sign = v1_string_to_sign(method, params)
     digest = hmac.new(f"{secret}&".encode(), string_to_sign.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
-
-
-def v3_headers(
-    *, host: str, action: str, version: str, now: datetime, nonce: str, body: bytes, token: str | None
-) -> dict[str, str]:
-    """The headers a V3 request signs (all of them)."""
-    headers = {
-        "host": host,
-        "x-acs-action": action,
-        "x-acs-version": version,
-        "x-acs-date": iso_timestamp(now),
-        "x-acs-signature-nonce": nonce,
-        "x-acs-content-sha256": hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256,
-    }
-    if token:
-        headers["x-acs-security-token"] = token
-    return headers
 
 
 def sign_v3(

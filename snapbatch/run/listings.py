@@ -1,0 +1,319 @@
+"""Search jobs' video lists: listed once through SearchMedia, frozen into the batch's state, resumable.
+
+Paging follows SearchMedia's documented traversal: PageSize 100, PageNo 1, 2, ... with the ScrollToken of
+the previous answer (PageNo alone reaches only the first 5,000 results; a ScrollToken traversal reaches
+2,000,000). Each page's VideoIds, the ScrollToken and the page number are committed in one transaction, so
+after a kill -9 the listing continues from the last committed page and memory never holds more than a
+page. Once complete, a listing is frozen: later runs send exactly that set until `run --relist`.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+
+from snapbatch.errors import SnapbatchError, StateError
+from snapbatch.models import EXPIRED, FAILED, FATAL, THROTTLED, Outcome, Search
+from snapbatch.run.limiter import Limiter
+from snapbatch.run.state import State
+
+__all__ = [
+    "MAX_SCROLLED",
+    "PAGE_SIZE",
+    "SEARCH_QPS",
+    "ListingError",
+    "ListingInfo",
+    "ListingStore",
+    "Searcher",
+    "freeze_all",
+    "list_videos",
+]
+
+PAGE_SIZE = 100
+SEARCH_QPS = 50.0  # SearchMedia's documented limit per account
+MAX_SCROLLED = 2_000_000
+
+
+class ListingError(SnapbatchError):
+    """A listing could not be completed; ``exit`` names the exit code's kind (stopped, fatal, usage)."""
+
+    def __init__(self, message: str, exit: str = "stopped") -> None:
+        super().__init__(message)
+        self.exit = exit
+
+
+class Searcher(Protocol):
+    async def call(self, action: str, params: dict[str, str]) -> tuple[Outcome, dict[str, Any] | None]: ...
+
+
+@dataclass(frozen=True)
+class ListingInfo:
+    job: str
+    match: str
+    sort_by: str
+    pages: int
+    listed: int
+    total: int | None
+    started_at: float
+    finished_at: float | None
+    scroll_token: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.finished_at is not None
+
+
+class ListingStore:
+    """The listing tables of one state file (or of a scratch file, for `plan`), on a connection of its own.
+    The tables belong to the state's schema (snapbatch.run.state.MIGRATIONS), brought up to date here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        State(path).close()  # creates or migrates the file
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the state file {path}: {exc}; check the path and its permissions") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def read(path: Path) -> list[ListingInfo]:
+        """Every listing recorded in ``path`` (none when it has no listing tables, or does not exist)."""
+        if not path.exists():
+            return []
+        try:
+            # not mode=ro: a read-only connection cannot checkpoint, and would leave the -wal and -shm files
+            # behind after the last writer closed
+            db = sqlite3.connect(path)
+        except sqlite3.Error:
+            return []
+        try:
+            rows = db.execute(
+                "SELECT job, match, sort_by, pages, listed, total, started_at, finished_at, scroll_token "
+                "FROM listings ORDER BY job"
+            ).fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            db.close()
+        return [ListingInfo(*row) for row in rows]
+
+    def _write(self, statements: list[tuple[str, Any]]) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    if isinstance(args, list):
+                        self.db.executemany(sql, args)
+                    else:
+                        self.db.execute(sql, args or ())
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot write the state file {self.path}: {exc}; check free disk space and permissions "
+                "(the pages listed so far are intact)"
+            ) from None
+
+    def info(self, job: str) -> ListingInfo | None:
+        row = self.db.execute(
+            "SELECT job, match, sort_by, pages, listed, total, started_at, finished_at, scroll_token "
+            "FROM listings WHERE job = ?",
+            (job,),
+        ).fetchone()
+        return None if row is None else ListingInfo(*row)
+
+    def start(self, job: str, search: Search, now: float) -> ListingInfo:
+        self._write(
+            [
+                ("DELETE FROM listed_videos WHERE job = ?", (job,)),
+                ("DELETE FROM listings WHERE job = ?", (job,)),
+                (
+                    "INSERT INTO listings(job, match, sort_by, started_at) VALUES (?, ?, ?, ?)",
+                    (job, search.match, search.sort_by, now),
+                ),
+            ]
+        )
+        info = self.info(job)
+        assert info is not None
+        return info
+
+    def add_page(self, info: ListingInfo, videos: list[str], token: str | None, total: int | None) -> ListingInfo:
+        """Commit one page: its videos, the ScrollToken for the next and the progress, together."""
+        rows = [(info.job, info.listed + i, video) for i, video in enumerate(videos, start=1)]
+        self._write(
+            [
+                ("INSERT OR REPLACE INTO listed_videos(job, seq, video) VALUES (?, ?, ?)", rows),
+                (
+                    "UPDATE listings SET scroll_token = ?, pages = pages + 1, listed = listed + ?, total = ? "
+                    "WHERE job = ?",
+                    (token, len(videos), total, info.job),
+                ),
+            ]
+        )
+        new = self.info(info.job)
+        assert new is not None
+        return new
+
+    def finish(self, job: str, now: float) -> ListingInfo:
+        self._write([("UPDATE listings SET finished_at = ?, scroll_token = NULL WHERE job = ?", (now, job))])
+        info = self.info(job)
+        assert info is not None
+        return info
+
+    def videos(self, job: str) -> Iterator[str]:
+        """The job's listed VideoIds in listing order, streamed in chunks on a connection of its own."""
+        # an abandoned ingest may let this generator be closed by another thread
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            last = 0
+            while True:
+                rows = db.execute(
+                    "SELECT seq, video FROM listed_videos WHERE job = ? AND seq > ? ORDER BY seq LIMIT 5000",
+                    (job, last),
+                ).fetchall()
+                if not rows:
+                    return
+                for _, video in rows:
+                    yield video
+                last = rows[-1][0]
+        finally:
+            db.close()
+
+    def listings(self, jobs: list[str]) -> dict[str, Callable[[], Iterator[str]]]:
+        """For expand: each job's frozen list, as a function that streams it."""
+        return {job: (lambda job=job: self.videos(job)) for job in jobs}  # type: ignore[misc]
+
+
+async def list_videos(
+    store: ListingStore,
+    job: str,
+    search: Search,
+    client: Searcher,
+    limiter: Limiter,
+    *,
+    relist: bool = False,
+    on_page: Callable[[ListingInfo], None] = lambda info: None,
+    clock: Callable[[], float] = time.time,
+    rng: random.Random | None = None,
+    max_attempts: int = 8,
+    unreachable_after: int = 3,
+    backoff_base_s: float = 0.5,
+    backoff_cap_s: float = 30.0,
+) -> ListingInfo:
+    """List ``search`` into ``store`` for ``job``, continuing an unfinished listing; a complete one is
+    returned as it is (frozen) unless ``relist``. Raises ListingError when it cannot finish."""
+    rng = rng or random.Random()
+    info = store.info(job)
+    if info is not None and (info.match, info.sort_by) != (search.match, search.sort_by) and not relist:
+        taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.started_at))
+        raise ListingError(
+            f"job {job!r}'s videos were listed at {taken} for another query ({info.match!r}, "
+            f"{info.sort_by}); run with --relist to list the new query, or give the batch a new name",
+            "usage",
+        )
+    if info is not None and info.complete and not relist:
+        return info
+    if info is None or relist:
+        info = await anyio.to_thread.run_sync(store.start, job, search, clock())
+    reached = False
+    failures = 0
+    while True:
+        params = {
+            "Match": search.match,
+            "SortBy": search.sort_by,
+            "SearchType": "video",
+            # no Fields: by default SearchMedia returns only MediaId (the VideoId), CreationTime and MediaType,
+            # the least it can, and all that is needed
+            "PageNo": str(info.pages + 1),
+            "PageSize": str(PAGE_SIZE),
+        }
+        if info.scroll_token:
+            params["ScrollToken"] = info.scroll_token
+        await limiter.acquire()
+        outcome, body = await client.call("SearchMedia", params)
+        if outcome.http_status is not None:
+            reached = True
+        if outcome.http_status == 200 and body is not None and isinstance(body.get("MediaList"), list):
+            failures = 0
+            media = body["MediaList"]
+            videos = [str(m.get("MediaId") or (m.get("Video") or {}).get("VideoId") or "") for m in media]
+            total = body.get("Total")
+            info = await anyio.to_thread.run_sync(
+                store.add_page,
+                info,
+                [v for v in videos if v],
+                body.get("ScrollToken") or info.scroll_token,
+                int(total) if total is not None else None,
+            )
+            on_page(info)
+            if len(media) < PAGE_SIZE or (info.total is not None and info.listed >= info.total):
+                return await anyio.to_thread.run_sync(store.finish, job, clock())
+            if info.pages * PAGE_SIZE >= MAX_SCROLLED:
+                raise ListingError(
+                    f"job {job!r}'s query matches more than {MAX_SCROLLED} videos, the most SearchMedia lists; "
+                    "narrow the Match expression (e.g. a CreationTime range) or split the job",
+                    "usage",
+                )
+            continue
+        if outcome.kind == FATAL:
+            raise ListingError(f"SearchMedia answered {outcome.code}: {outcome.message}", "fatal")
+        if outcome.kind == FAILED or (outcome.http_status == 200 and outcome.code is None and body is not None):
+            if info.scroll_token and "ScrollToken" in (outcome.message or ""):
+                # The service no longer knows the token (a listing resumed long after): start over.
+                info = await anyio.to_thread.run_sync(store.start, job, search, clock())
+                continue
+            raise ListingError(
+                f"SearchMedia refused job {job!r}'s query: {outcome.code or outcome.http_status}: {outcome.message}; "
+                "check the Match expression",
+                "usage",
+            )
+        failures += 1
+        if outcome.kind == THROTTLED:
+            limiter.throttled()
+        if not reached and failures >= unreachable_after:
+            raise ListingError(
+                f"the endpoint never answered SearchMedia for job {job!r} ({outcome.message}); check the endpoint "
+                "and the network (the listing resumes where it stopped)"
+            )
+        if failures >= max_attempts:
+            raise ListingError(
+                f"SearchMedia kept failing for job {job!r} ({outcome.code or outcome.message}) after "
+                f"{info.listed} videos; run again to continue the listing where it stopped"
+            )
+        if outcome.kind != EXPIRED:
+            await anyio.sleep(rng.uniform(0, min(backoff_cap_s, backoff_base_s * 2**failures)))
+
+
+async def freeze_all(
+    store: ListingStore,
+    jobs: list[tuple[str, Search]],
+    client: Searcher,
+    limiter: Limiter,
+    *,
+    relist: bool = False,
+    on_page: Callable[[ListingInfo], None] = lambda info: None,
+    on_done: Callable[[ListingInfo, bool], None] = lambda info, fresh: None,
+) -> tuple[dict[str, Callable[[], Iterator[str]]], str]:
+    """List (or find frozen) every search job; return their lists for expand and a mark that changes
+    whenever one of them is listed again. ``on_done(info, fresh)``: fresh when listed by this call."""
+    marks = []
+    for name, search in jobs:
+        before = store.info(name)
+        info = await list_videos(store, name, search, client, limiter, relist=relist, on_page=on_page)
+        on_done(info, before is None or not before.complete or relist)
+        marks.append(f"{name}@{info.started_at!r}:{info.listed}")
+    return store.listings([name for name, _ in jobs]), ";".join(marks)

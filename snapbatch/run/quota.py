@@ -1,0 +1,429 @@
+"""One account's quota shared by several runs: one pacing sequence per (endpoint, AccessKeyId).
+
+The limit is per account, so runs on one key must not each believe they own `qps`. They share one
+sequence of slots instead, in a store every run on the key sees: a run reserves the next slot, waits
+for it, records the moment it starts ("confirms"), and starts its call. Each reservation is checked, at
+once and atomically, against every start recorded so far: a slot is at least 1 s + margin after the
+floor(qps)-th latest of them, and at least (1 s + margin) / rate after the previous slot. A reservation
+not yet confirmed counts as starting ``HOLD_S`` after its slot, the latest it may start: a run that
+wakes later gives its slot up and reserves another. So, exactly as for one run's Limiter, never more
+than floor(qps) admitted start times fall within any 1 s + margin, whichever runs they belong to.
+
+Nothing is leased: a run that ends or is killed leaves at most one reservation behind, which counts as a
+single call, and the other runs take every slot from the next one on. Runs that all want to send
+reserve in turn, so overlapping runs split the rate evenly.
+
+Stores: ``HostFileStore``, a small file under the cache directory locked with flock (same host, no setup,
+on the host's monotonic clock), and ``RedisStore``, two Lua scripts on Redis's own clock (TIME), so runs
+on machines whose clocks disagree still share one sequence. If the store cannot answer, the run sends
+nothing (it never falls back to an unshared rate), retries with backoff, and gives up after a bound.
+
+Runs that ask for different qps on one key: each reservation is checked against the caller's own qps
+and margin over the shared starts, so a run asking less yields to the others and the server sees at most
+the highest qps among the runs. The account has one limit: give every run on a key the same qps.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+
+from snapbatch.errors import UsageError
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.margin import key_digest
+
+__all__ = [
+    "DEFAULT_OUTAGE_S",
+    "HOLD_S",
+    "HostFileStore",
+    "Pacing",
+    "QuotaUnavailable",
+    "RedisStore",
+    "Reservation",
+    "SharedLimiter",
+    "SlotStore",
+    "StoreUnavailable",
+    "describe",
+    "next_slot",
+    "open_limiter",
+    "resolve_quota",
+]
+
+HOLD_S = 0.2  # a reservation is used within this of its slot, or given up
+DEFAULT_OUTAGE_S = 60.0  # how long a run waits for an unreachable store before it stops (exit 5)
+_KEEP_S = 2.0  # starts older than this can no longer constrain a slot (windows are at most 1.05 s)
+_BACKOFF_FIRST_S, _BACKOFF_CAP_S = 0.1, 2.0
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (connection refused, timeout, an error reply); the message says which."""
+
+
+class QuotaUnavailable(Exception):
+    """The shared quota stayed unreachable longer than the run may wait: it stops sending for good."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    delay_s: float  # how far the slot was from the store's now when it was reserved
+
+
+class SlotStore(Protocol):
+    name: str  # for messages; never holds a password
+
+    async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+        """Reserve the next slot (see ``next_slot``), counting as starting HOLD_S after it until confirmed."""
+        ...
+
+    async def confirm(self, reservation: Reservation) -> float:
+        """Record that the reserved call starts now; return the start recorded (on the store's clock)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def next_slot(
+    now: float, last: float | None, starts: list[float], window_s: float, interval_s: float, cap: int
+) -> float:
+    """The shared sequence's arithmetic: at or after ``now``, ``interval_s`` after the ``last`` slot, and
+    ``window_s`` after the ``cap``-th latest of the recorded ``starts`` (in any order)."""
+    slot = now if last is None else max(now, last + interval_s)
+    if len(starts) >= cap:
+        slot = max(slot, sorted(starts, reverse=True)[cap - 1] + window_s)
+    return slot
+
+
+def _boot() -> str:
+    """This boot of the machine: the monotonic clock's times are comparable only within one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: when the machine started, to the second (NTP may move it a little)
+        return str(round(time.time() - time.monotonic()))
+
+
+def _effective(entry: list[float | None]) -> float:
+    """A reservation's start as the window counts it: the recorded one, or the latest it may be."""
+    slot, start = entry
+    assert slot is not None
+    return slot + HOLD_S if start is None else start
+
+
+class HostFileStore:
+    """Slots in a small JSON file, read and written under an exclusive flock. The host's monotonic clock is
+    one clock for every process on it; after a reboot it restarts, and times "in the future" are dropped."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.clock = path, clock
+        self.name = f"the host file {path}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+        async with self._locked() as (now, doc):
+            starts = [_effective(entry) for entry in doc["starts"].values()]
+            slot = next_slot(now, doc["last"], starts, window_s, interval_s, cap)
+            if doc.pop("reset", False):  # calls made before cannot be seen, but none is within a window of now + W
+                slot = max(slot, now + window_s)
+            doc["next"] += 1
+            rid = str(doc["next"])
+            doc["last"] = slot
+            doc["starts"][rid] = [slot, None]
+            return Reservation(rid, slot - now)
+
+    async def confirm(self, reservation: Reservation) -> float:
+        async with self._locked() as (now, doc):
+            entry = doc["starts"].get(reservation.id)
+            if entry is None:  # pruned: only after a pause far longer than HOLD_S, which the limiter refuses
+                return now
+            entry[1] = min(max(now, entry[0]), entry[0] + HOLD_S)
+            return float(entry[1])
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[tuple[float, dict[str, Any]]]:
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # another run holds it for a few microseconds; never block the loop
+                await anyio.sleep(0.0002)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
+        try:
+            now = self.clock()
+            doc = self._read(now)
+            yield now, doc
+            doc["starts"] = {k: v for k, v in doc["starts"].items() if _effective(v) > now - _KEEP_S}
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps(doc).encode(), 0)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot update {self.path}: {exc}") from None
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _read(self, now: float) -> dict[str, Any]:
+        fresh: dict[str, Any] = {"last": None, "next": 0, "starts": {}, "boot": _boot()}
+        raw = os.pread(self._fd, 1 << 20, 0)
+        if not raw:
+            return fresh  # a new file: no run has used it
+        try:
+            doc = json.loads(raw)
+            if doc.get("boot") != fresh["boot"]:  # the monotonic clock restarted with the machine
+                return {**fresh, "reset": True}
+            last = None if doc["last"] is None else float(doc["last"])
+            starts = {
+                str(k): [float(slot), None if start is None else float(start)]
+                for k, (slot, start) in doc["starts"].items()
+            }
+            return {"last": last, "next": int(doc["next"]), "starts": starts, "boot": fresh["boot"]}
+        except (ValueError, TypeError, KeyError, AttributeError):  # a torn or foreign file: start afresh
+            return {**fresh, "reset": True}
+
+    async def aclose(self) -> None:
+        os.close(self._fd)
+
+
+# Integer microseconds throughout: exact in Lua's doubles. One hash per key, so that it expires or is
+# evicted whole: "_last" (the last slot), "_next" (the reservation counter) and reservation id -> start.
+# A hash without "_next" is a sequence that starts afresh (a new key, or Redis restarted without its data):
+# calls made before that cannot be seen, but they were all admitted before it, so a first slot one window
+# from now is safe whatever they were.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window, interval, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local hold, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+local slot = now
+local flat = redis.call('HGETALL', KEYS[1])
+local starts = {}
+local last = nil
+for i = 1, #flat, 2 do
+  local field, value = flat[i], tonumber(flat[i + 1])
+  if field == '_last' then
+    last = value
+  elseif field ~= '_next' then
+    if value < now - keep then redis.call('HDEL', KEYS[1], field) else starts[#starts + 1] = value end
+  end
+end
+local id = redis.call('HINCRBY', KEYS[1], '_next', 1)
+if id == 1 then slot = now + window end
+if last and last + interval > slot then slot = last + interval end
+if #starts >= cap then
+  table.sort(starts, function(a, b) return a > b end)
+  if starts[cap] + window > slot then slot = starts[cap] + window end
+end
+redis.call('HSET', KEYS[1], id, slot + hold, '_last', slot)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return {id, slot - now}
+"""
+
+_CONFIRM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return now end
+held = tonumber(held)
+local start = math.max(now, held - tonumber(ARGV[2]))
+if start < held then redis.call('HSET', KEYS[1], ARGV[1], start) else start = held end
+return start
+"""
+
+
+class RedisStore:
+    """Slots in Redis, reserved and confirmed by Lua scripts (atomic) that read Redis's own clock (TIME):
+    the clocks of the machines sharing the quota never enter the arithmetic."""
+
+    def __init__(self, url: str, digest: str, *, timeout_s: float = 0.5) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise UsageError(
+                f"--quota {describe(url)} needs the Redis client: pip install 'snapbatch[redis]'"
+            ) from None
+        self.name = describe(url)
+        self.timeout_s = timeout_s
+        # no retries inside redis-py: SharedLimiter decides (it stops sending while Redis is away)
+        self._client: Any = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+        )
+        self._reserve: Any = self._client.register_script(_RESERVE)
+        self._confirm: Any = self._client.register_script(_CONFIRM)
+        self._keys = [f"snapbatch:quota:{digest}"]
+
+    async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+        args = [round(window_s * 1e6), round(interval_s * 1e6), cap, round(HOLD_S * 1e6), round(_KEEP_S * 1e6)]
+        rid, delay_us = await self._call(self._reserve, args)
+        return Reservation(str(int(rid)), int(delay_us) / 1e6)
+
+    async def confirm(self, reservation: Reservation) -> float:
+        return int(await self._call(self._confirm, [reservation.id, round(HOLD_S * 1e6)])) / 1e6
+
+    async def _call(self, script: Any, args: list[Any]) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            with anyio.fail_after(self.timeout_s * 2):
+                return await script(keys=self._keys, args=args)
+        except TimeoutError:
+            raise StoreUnavailable(f"{self.name} did not answer within {self.timeout_s * 2:g} s") from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def describe(url: str) -> str:
+    """A quota URL as it may be shown: scheme, host, port and database, never a user name or password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class SharedLimiter(Limiter):
+    """A Limiter whose slots come from a SlotStore shared with the other runs on the key. Its own
+    RateWindow still decides the margin (widened by throttles) and the rate (cut when throttles keep
+    coming) it asks the shared sequence for."""
+
+    def __init__(
+        self,
+        window: RateWindow,
+        store: SlotStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        on_throttled: Callable[[float], object] | None = None,
+        on_store: Callable[[str | None], None] = lambda message: None,
+        outage_s: float = DEFAULT_OUTAGE_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``on_store`` hears why the store is unreachable (sending has stopped) and None once it is back."""
+        super().__init__(window, clock=clock, sleep=sleep, on_throttled=on_throttled)
+        self.store, self.on_store, self.outage_s = store, on_store, outage_s
+        self.rng = rng or random.Random()
+        self.missed = 0  # slots given up because the call could not start in time
+        self.outages = 0
+        # the latest starts the store recorded, on its clock (for tests and benches)
+        self.recorded: deque[float] = deque(maxlen=100_000)
+        self._down_since: float | None = None
+        self._backoff_s = _BACKOFF_FIRST_S
+
+    async def acquire(self) -> float:
+        async with self._lock:
+            while True:
+                now = self.clock()
+                window_s = 1.0 + self.window.margin(now)
+                try:
+                    reservation = await self.store.reserve(window_s, window_s / self.window.rate(now), self.window.cap)
+                    received = self.clock()
+                    # The slot lies between now + delay and received + delay on this clock: wait for the
+                    # latest it can be, and use it only while that is within HOLD_S of the earliest.
+                    if reservation.delay_s > 0:
+                        await self.sleep(max(0.0, received + reservation.delay_s - self.clock()))
+                    start = self.clock()
+                    if start - (now + reservation.delay_s) > HOLD_S:
+                        self.missed += 1
+                        continue
+                    self.recorded.append(await self.store.confirm(reservation))
+                except StoreUnavailable as exc:
+                    await self._unavailable(str(exc))
+                    continue
+                if self._down_since is not None:
+                    self._down_since, self._backoff_s = None, _BACKOFF_FIRST_S
+                    self.on_store(None)
+                self.admitted += 1
+                return start
+
+    async def _unavailable(self, problem: str) -> None:
+        now = self.clock()
+        if self._down_since is None:
+            self._down_since = now
+            self.outages += 1
+            self.on_store(problem)
+        down_s = now - self._down_since
+        if down_s >= self.outage_s:
+            raise QuotaUnavailable(
+                f"the shared quota at {self.store.name} has been unreachable for {down_s:.0f} s ({problem})"
+            )
+        await self.sleep(min(self._backoff_s * self.rng.uniform(0.5, 1.0), self.outage_s - down_s))
+        self._backoff_s = min(_BACKOFF_CAP_S, self._backoff_s * 2)
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How a run paces: ``quota`` is "local" (share with runs on this host), "off" (alone) or a Redis URL;
+    ``cache`` holds the learned margins and the host file (None: keep nothing); ``outage_s`` bounds the
+    wait for an unreachable store."""
+
+    quota: str = "local"
+    cache: Path | None = None
+    outage_s: float = DEFAULT_OUTAGE_S
+
+
+def resolve_quota(flag: str | None, env_value: str | None, manifest_value: str | None) -> str:
+    """--quota, else SNAPBATCH_QUOTA, else the manifest's `quota`, else "local"; refuses anything else."""
+    for value, where in ((flag, "--quota"), (env_value, "SNAPBATCH_QUOTA"), (manifest_value, "the manifest's quota")):
+        if not value:
+            continue
+        parts = urlsplit(value)
+        if value in ("local", "off") or (parts.scheme in _REDIS_SCHEMES and parts.netloc):
+            return value
+        if parts.scheme == "unix" and parts.path:
+            return value
+        raise UsageError(
+            f"{where} is {describe(value) if '://' in value else repr(value)}: give local (share with runs on "
+            "this host), off (pace this run alone) or redis://HOST:PORT/DB"
+        )
+    return "local"
+
+
+_REDIS_SCHEMES = ("redis", "rediss")
+
+
+@asynccontextmanager
+async def open_limiter(
+    pacing: Pacing,
+    window: RateWindow,
+    endpoint: str,
+    access_key_id: str,
+    *,
+    on_throttled: Callable[[float], object] | None = None,
+    on_store: Callable[[str | None], None] = lambda message: None,
+    on_unshared: Callable[[str], None] = lambda problem: None,
+) -> AsyncIterator[Limiter]:
+    """The limiter for a run: alone, or sharing the key's quota through the host file or Redis.
+    ``on_unshared(problem)``: the host file cannot be used, so this run paces alone."""
+    digest = key_digest(endpoint, access_key_id)
+    store: SlotStore | None = None
+    if pacing.quota == "local" and pacing.cache is not None:
+        try:
+            store = HostFileStore(pacing.cache / "quota" / f"{digest}.json")
+        except OSError as exc:
+            on_unshared(str(exc))
+    elif pacing.quota not in ("local", "off"):
+        store = RedisStore(pacing.quota, digest)
+    if store is None:
+        yield Limiter(window, on_throttled=on_throttled)
+        return
+    try:
+        yield SharedLimiter(window, store, on_throttled=on_throttled, on_store=on_store, outage_s=pacing.outage_s)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()

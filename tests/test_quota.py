@@ -1,0 +1,288 @@
+"""The shared quota: one pacing sequence per key, in a host file or in Redis, with the limiter's guarantee."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snapbatch.emulator import busiest_window
+from snapbatch.errors import UsageError
+from snapbatch.run.limiter import DEFAULT_MARGIN_S, RateWindow
+from snapbatch.run.quota import (
+    HOLD_S,
+    HostFileStore,
+    QuotaUnavailable,
+    RedisStore,
+    Reservation,
+    SharedLimiter,
+    SlotStore,
+    describe,
+    next_slot,
+    resolve_quota,
+)
+from tests.redis_server import RedisServer, redis_server
+
+W = 1.0 + DEFAULT_MARGIN_S
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 4),
+    st.floats(1, 60),
+    st.lists(st.floats(0, 0.3), min_size=1, max_size=20),
+    st.lists(st.floats(0, 0.05), min_size=1, max_size=20),
+    st.lists(st.integers(0, 400), max_size=3),
+)
+def test_runs_sharing_a_host_file_keep_the_guarantee_exactly(
+    tmp_path_factory: pytest.TempPathFactory,
+    runs: int,
+    qps: float,
+    lateness: list[float],
+    gaps: list[float],
+    deaths: list[int],
+) -> None:
+    """Runs interleaving on one host file (an injected clock; wake-ups late by up to 300 ms, beyond HOLD_S
+    too; runs killed between reserving and starting): of the starts the store recorded, never more than
+    floor(qps) within any 1 s + margin."""
+    clock = [0.0]
+    store = HostFileStore(tmp_path_factory.mktemp("q") / "k.json", clock=lambda: clock[0])
+    cap, interval = max(1, math.floor(qps)), W / qps
+    recorded: list[float] = []
+
+    async def go() -> None:
+        events: list[tuple[float, int, int, str]] = [(0.0, r, 0, "reserve") for r in range(runs)]
+        pending: dict[int, tuple[Reservation, float]] = {}
+        step = 0
+        while events and step < 300:
+            at, r, _, action = heapq.heappop(events)
+            clock[0] = max(clock[0], at)
+            step += 1
+            if action == "reserve":
+                reservation = await store.reserve(W, interval, cap)
+                slot = clock[0] + reservation.delay_s
+                pending[r] = (reservation, slot)
+                if step in deaths:
+                    continue  # killed before it could start: never confirms
+                heapq.heappush(events, (slot + lateness[step % len(lateness)], r, step, "start"))
+            else:
+                reservation, slot = pending.pop(r)
+                if clock[0] - slot <= HOLD_S:
+                    recorded.append(await store.confirm(reservation))
+                heapq.heappush(events, (clock[0] + gaps[step % len(gaps)], r, step, "reserve"))
+
+    anyio.run(go)
+    assert busiest_window(recorded, W - 1e-9) <= cap  # exact but for float rounding
+
+
+def test_a_killed_run_frees_its_share_at_once(tmp_path: Path) -> None:
+    """A run killed after reserving holds one slot and nothing more: the other run's slots follow at the
+    full rate, one interval apart, but for one pause of at most HOLD_S (the dead reservation counts as a call
+    started as late as it could have)."""
+    clock = [10.0]
+    store = HostFileStore(tmp_path / "k.json", clock=lambda: clock[0])
+
+    async def go() -> list[float]:
+        await store.reserve(W, W / 30, 30)  # the run that is then killed
+        slots = []
+        for _ in range(60):
+            r = await store.reserve(W, W / 30, 30)
+            clock[0] += r.delay_s
+            slots.append(clock[0])
+            await store.confirm(r)
+        return slots
+
+    slots = anyio.run(go)
+    assert math.isclose(slots[0] - 10.0, W / 30)
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    longer = [g for g in gaps if not math.isclose(g, W / 30)]
+    assert len(longer) <= 1 and all(g <= W / 30 + HOLD_S + 1e-9 for g in longer)
+
+
+def test_next_slot_counts_the_capth_latest_start_in_any_order() -> None:
+    """Starts recorded out of order (a late confirm): the slot follows the cap-th latest, not the cap-th last."""
+    assert next_slot(5.0, None, [4.9, 4.0, 4.5], 1.0, 0.1, 2) == 4.5 + 1.0
+    assert next_slot(5.0, 5.2, [], 1.0, 0.1, 2) == 5.3
+    assert next_slot(5.0, None, [4.9], 1.0, 0.1, 2) == 5.0
+
+
+async def _share(store_for: list[SlotStore], per_run: int, qps: float) -> list[SharedLimiter]:
+    limiters = [SharedLimiter(RateWindow(qps), store) for store in store_for]
+    async with anyio.create_task_group() as tg:
+        for limiter in limiters:
+
+            async def loop(limiter: SharedLimiter = limiter) -> None:
+                for _ in range(per_run):
+                    await limiter.acquire()
+
+            tg.start_soon(loop)
+    return limiters
+
+
+@pytest.mark.parametrize("backend", ["host-file", "redis"])
+def test_three_runs_share_one_sequence(backend: str, tmp_path: Path) -> None:
+    """Three limiters on one key, on the real clock, through the host file or a real redis-server: each gets
+    all its calls, and the starts the store recorded (on its own clock) never exceed floor(qps) in any
+    1 s + margin."""
+
+    async def go(url: str | None) -> list[SharedLimiter]:
+        if url is None:
+            stores: list[SlotStore] = [HostFileStore(tmp_path / "k.json") for _ in range(3)]
+        else:
+            stores = [RedisStore(url, "k") for _ in range(3)]
+        try:
+            return await _share(stores, 30, 50)
+        finally:
+            for store in stores:
+                await store.aclose()
+
+    if backend == "redis":
+        with redis_server(tmp_path) as server:
+            limiters = anyio.run(go, server.url)
+    else:
+        limiters = anyio.run(go, None)
+    recorded = sorted(t for limiter in limiters for t in limiter.recorded)
+    assert [limiter.admitted for limiter in limiters] == [30, 30, 30]
+    assert len(recorded) == 90 and busiest_window(recorded, W) <= 50
+
+
+def test_redis_killed_and_restarted_mid_run(tmp_path: Path) -> None:
+    """Redis killed while two runs share it: both stop admitting calls (and say so) until it is back (at
+    most the one call whose answer from Redis was already on its way gets through), then both go on; across
+    the restart (Redis comes back empty) the recorded starts keep the guarantee."""
+    down: list[anyio.Event] = []
+    back: list[anyio.Event] = []
+
+    def notice(i: int, problem: str | None) -> None:
+        (down if problem is not None else back)[i].set()
+
+    async def go(server: RedisServer) -> tuple[list[SharedLimiter], list[float], list[float]]:
+        down[:] = [anyio.Event(), anyio.Event()]
+        back[:] = [anyio.Event(), anyio.Event()]
+        stores = [RedisStore(server.url, "k"), RedisStore(server.url, "k")]
+        limiters = [
+            SharedLimiter(RateWindow(40), stores[i], on_store=partial(notice, i), outage_s=120) for i in range(2)
+        ]
+        killed = anyio.Event()
+        admitted: list[float] = []
+        marks: list[float] = []
+
+        async def loop(limiter: SharedLimiter) -> None:
+            while len(admitted) < 120:
+                admitted.append(await limiter.acquire())
+                if len(admitted) >= 40 and not killed.is_set():
+                    killed.set()
+                    server.kill()
+                    marks.append(time.monotonic())
+
+        async def chaos() -> None:
+            await killed.wait()
+            for event in down:
+                await event.wait()
+            marks.append(time.monotonic())  # restarting from here on
+            await anyio.to_thread.run_sync(server.start)
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(chaos)
+                for limiter in limiters:
+                    tg.start_soon(loop, limiter)
+        for store in stores:
+            await store.aclose()
+        return limiters, admitted, marks
+
+    with redis_server(tmp_path) as server:
+        limiters, admitted, (killed_at, restarting_at) = anyio.run(go, server)
+    assert sum(1 for t in admitted if killed_at < t < restarting_at) <= 1
+    assert all(event.is_set() for event in back) and all(limiter.outages >= 1 for limiter in limiters)
+    assert all(limiter.admitted > 0 for limiter in limiters)
+    recorded = sorted(t for limiter in limiters for t in limiter.recorded)
+    assert busiest_window(recorded, W - 1e-9) <= 40
+
+
+def test_an_unreachable_redis_stops_sending_then_gives_up() -> None:
+    """Nothing listening at the Redis address: no call is admitted, the problem is reported once, the
+    connection is retried with growing pauses, and after the bound the limiter raises QuotaUnavailable."""
+    clock = [0.0]
+    pauses: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock[0] += seconds
+
+    heard: list[str | None] = []
+
+    async def go() -> None:
+        store = RedisStore("redis://127.0.0.1:1/0", "k", timeout_s=0.2)
+        limiter = SharedLimiter(
+            RateWindow(30),
+            store,
+            clock=lambda: clock[0],
+            sleep=fake_sleep,
+            on_store=heard.append,
+            outage_s=30,
+            rng=random.Random(1),
+        )
+        try:
+            with pytest.raises(QuotaUnavailable, match=r"redis://127\.0\.0\.1:1/0 has been unreachable for 30 s"):
+                await limiter.acquire()
+        finally:
+            await store.aclose()
+        assert limiter.admitted == 0
+
+    anyio.run(go)
+    assert len(heard) == 1 and heard[0] is not None and "127.0.0.1:1" in heard[0]
+    assert pauses[0] < pauses[3] <= 2.0 and math.isclose(clock[0], 30.0)
+
+
+def test_quota_setting_precedence_and_validation() -> None:
+    """--quota wins over SNAPBATCH_QUOTA, which wins over the manifest; the default is local; anything but
+    local, off or a redis:// URL is refused with what to give; a password never shows."""
+    assert resolve_quota(None, None, None) == "local"
+    assert resolve_quota(None, None, "off") == "off"
+    assert resolve_quota(None, "redis://r:6379/2", "off") == "redis://r:6379/2"
+    assert resolve_quota("local", "redis://r:6379/2", "off") == "local"
+    with pytest.raises(UsageError, match="SNAPBATCH_QUOTA is 'shared': give local"):
+        resolve_quota(None, "shared", None)
+    with pytest.raises(UsageError) as refused:
+        resolve_quota("http://user:hunter2@host:1/0", None, None)
+    assert "hunter2" not in str(refused.value)
+    assert describe("redis://user:hunter2@cache.internal:6380/3") == "redis://cache.internal:6380/3"
+
+
+def test_redis_sequence_that_starts_afresh_waits_one_window(tmp_path: Path) -> None:
+    """On Redis's own clock: a key with no history (new, or Redis restarted empty) gives its first slot one
+    window from now, since calls made before cannot be seen; then slots follow the window arithmetic: with
+    cap 3 and no spacing, the 4th slot is one window after the 1st start, whatever the machines' clocks."""
+
+    async def go(url: str) -> tuple[list[float], float]:
+        store = RedisStore(url, "fresh")
+        try:
+            delays = []
+            for _ in range(4):
+                reservation = await store.reserve(1.0, 0.0, 3)
+                delays.append(reservation.delay_s)
+                if len(delays) < 4:
+                    await store.confirm(reservation)
+            return delays, 0.0
+        finally:
+            await store.aclose()
+
+    with redis_server(tmp_path) as server:
+        delays, _ = anyio.run(go, server.url)
+        assert delays[0] == 1.0  # exact: integer microseconds on one clock
+        assert delays[1] < 1.0 and delays[2] < 1.0
+        server.kill()
+        server.start()
+        after, _ = anyio.run(go, server.url)
+    assert after[0] == 1.0
+    assert 1.0 < delays[3] <= 2.0  # the 1st start (1 s ahead) + a window, less the little time since
