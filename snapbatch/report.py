@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from snapbatch.errors import printable
 from snapbatch.manifest.expand import Survey
 from snapbatch.models import Manifest, Request, tagged
 from snapbatch.run.listings import ListingInfo
@@ -52,10 +53,14 @@ REPORT_FIELDS = (
 # what became of a submitted request's job, as `status` and `report` say it
 COMPLETION_WORDS = {None: "unknown", "processing": "processing", "success": "completed", "fail": "failed"}
 _STATUSES = ("pending", "sending", "submitted", "failed", "in_doubt")
+_CENTURY_S = 100 * 365.25 * 86400
 
 
 def duration(seconds: float) -> str:
-    """A duration a person reads at a glance: '0.4 s', '7 min 30 s', '9 h 16 min', '2 d 3 h'."""
+    """A duration a person reads at a glance: '0.4 s', '7 min 30 s', '9 h 16 min', '2 d 3 h'; whatever the
+    number (a huge or infinite one from a tiny rate included), never an error."""
+    if not seconds < _CENTURY_S:  # also inf and nan
+        return "over 100 years"
     if seconds < 0.05:
         return "under 0.1 s"
     if seconds < 60:
@@ -89,12 +94,12 @@ def plan_summary(manifest: Manifest, found: Survey, qps: float, endpoint: str) -
             lines.append(f"  {job.name:<{width}}  {template:<24} {count:>9} request{'s' if count != 1 else ''}")
         if found.duplicates.get(job.name):
             lines.append(f"  {job.name:<{width}}  {'duplicates folded':<24} {found.duplicates[job.name]:>9}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 def plan_line(request: Request) -> str:
     params = " ".join(f"{name}={value}" for name, value in tagged(request.params, request.key).items())
-    return f"{request.key}  {request.job}  {params}"
+    return printable(f"{request.key}  {request.job}  {params}")  # an Extend or URL may hold terminal escapes
 
 
 def plan_jsonl(requests: Iterable[Request]) -> Iterable[str]:

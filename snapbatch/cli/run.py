@@ -24,7 +24,7 @@ from anyio.from_thread import start_blocking_portal
 from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.emulator.catalogue import Catalogue, load_catalogue
-from snapbatch.errors import Problem, SnapbatchError, StateError, UsageError
+from snapbatch.errors import Problem, SnapbatchError, StateError, UsageError, printable
 from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
@@ -94,7 +94,8 @@ class Out:
             print(p.format(), file=self.stderr)
 
     def log(self, message: str) -> None:
-        print(f"snapbatch: {message}", file=self.stderr, flush=True)
+        # escaped: a log line may quote a server's message or a manifest's text
+        print(f"snapbatch: {printable(message)}", file=self.stderr, flush=True)
 
 
 def _state_path(args: argparse.Namespace, manifest: Manifest) -> Path:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from snapbatch.models import MIN_QPS
+
 __all__ = ["DEFAULT_MARGIN_S", "MAX_MARGIN_S", "Limiter", "LimiterStatistics", "RateWindow"]
 
 # Measured (bench/arrival_jitter.py): with connections reused, as snapbatch's are once its pool has grown,
@@ -43,8 +45,8 @@ class RateWindow:
     ) -> None:
         """``learned_s``: the margin an earlier run ended with (see margin.py); it applies from ``now`` and
         relaxes over quiet minutes like one widened by a throttle."""
-        if not qps > 0:
-            raise ValueError("qps must be positive")
+        if not MIN_QPS <= qps < math.inf:
+            raise ValueError(f"qps must be at least {MIN_QPS:g} and finite, not {qps!r}")
         self.qps = qps
         self.base_margin_s = margin_s
         self.widened_s = margin_s  # the margin right after the last throttle (or the learned one)
