@@ -200,6 +200,11 @@ def status_text(doc: Mapping[str, Any]) -> str:
     counts, holder = doc["counts"], doc["running"]
     lines = [f"batch {doc['batch']}"]
     lines += [f"  {name:<10} {counts[name]:>10}" for name in ("submitted", "pending", "sending", "in_doubt", "failed")]
+    if "new" in counts:
+        lines.append(
+            f"  the manifest changed since the last run: the next run adds {counts['new']} new "
+            f"request{'s' if counts['new'] != 1 else ''} and drops {counts['dropped']} (kept on record)"
+        )
     if counts["not_in_manifest"]:
         lines.append(f"  {counts['not_in_manifest']} recorded requests are no longer in the manifest")
     if holder:

@@ -201,6 +201,7 @@ def _run(
     pacing = pacing or Pacing("off")
     try:
         state.lock(time.time())
+        state.check_batch(manifest.batch)
         recovered = state.recover()
         if recovered:
             out.log(
@@ -523,6 +524,8 @@ def _exit_code(result: RunResult, after: dict[str, int]) -> int:
 
 
 def open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manifest, State]:
+    """The batch's state file, refused (exit 6) when it is missing, not a state file, or another batch's:
+    its counts and rows are not this manifest's."""
     manifest = load_manifest(args.manifest, env, check_ids=False)
     path = _state_path(args, manifest)
     if not path.exists():
@@ -530,16 +533,27 @@ def open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manife
             f"no state file at {path}: nothing has been run for this batch yet (or give --state, "
             "or --emulator for the state of emulator runs)"
         )
-    return manifest, State(path)
+    state = State(path, create=False)
+    try:
+        state.check_batch(manifest.batch)
+    except StateError:
+        state.close()
+        raise
+    return manifest, state
 
 
 def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest, state = open_state(args, env)
     try:
         absorb_events(args, manifest, state)
-        counts = state.counts()
         completion = state.completion_counts()
         holder = state.holder()
+        changed = state.needs_ingest(fingerprint(manifest))
+        # a changed manifest: counted as the next run will see it, with what it adds and drops
+        counts = state.compare(r.key for r in expand(manifest, fold_duplicates=False)) if changed else state.counts()
+        if holder is None:  # no run is alive: what a dead run left 'sending' is in doubt now, not later
+            counts["in_doubt"] += counts["sending"]
+            counts["sending"] = 0
         now = time.time()
         # the rate over the last minute, or since the running batch started if that is more recent
         window = max(1.0, min(60.0, now - float(holder.get("started", 0)))) if holder else 60.0
@@ -560,7 +574,9 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     manifest, state = open_state(args, env)
     try:
         absorb_events(args, manifest, state)
-        rows = (report_row(row) for row in state.rows((args.only,) if args.only else None))
+        # no run alive: a dead run's 'sending' rows are in doubt, and listed so at once
+        dead = state.holder() is None
+        rows = (report_row(row) for row in state.rows((args.only,) if args.only else None, sending_in_doubt=dead))
         wanted = getattr(args, "completion", None)
         if wanted:
             rows = (values for values in rows if values["completion"] == COMPLETION_WORDS[_COMPLETION_FILTER[wanted]])
