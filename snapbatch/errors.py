@@ -49,7 +49,7 @@ class Problem:
         if self.line is not None:
             loc += f":{self.line}:{self.col if self.col is not None else 1}"
         label = "warning: " if self.severity == "warning" else ""
-        where = f" {printable(self.where)}:" if self.where else ""
+        where = f" {printable(_capped(self.where, 120))}:" if self.where else ""
         return f"{loc}:{where} {label}{printable(_capped(self.message))}"
 
 
@@ -74,11 +74,11 @@ def echo(value: object, limit: int = ECHO_CHARS) -> str:
     return repr(text)
 
 
-def _capped(message: str) -> str:
-    # The last guard: a message built from long user text is cut in the middle, keeping what to do at its end.
-    if len(message) <= _MESSAGE_CHARS:
-        return message
-    return message[: _MESSAGE_CHARS // 2] + " [...] " + message[-_MESSAGE_CHARS // 4 :]
+def _capped(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    # The last guard: text built from long user input is cut in the middle, keeping what to do at its end.
+    if len(text) <= limit:
+        return text
+    return text[: limit // 2] + " [...] " + text[-limit // 4 :]
 
 
 class ManifestError(SnapbatchError):

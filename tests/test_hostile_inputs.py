@@ -138,6 +138,14 @@ def test_long_user_text_is_shortened_and_escaped_in_messages(cli: CliRunner, tmp
     assert "\u202e" not in r.err and "\\u202e" in r.err
 
 
+def test_a_huge_unknown_key_is_not_echoed_whole(cli: CliRunner, tmp_path: Path) -> None:
+    """A 100 KB mapping key (unknown, so named in the message and in its location) is shortened in both."""
+    path = _manifest(tmp_path, f"defaults:\n  ? {'k' * 100_000}\n  : 1\njobs: [{{name: a, videos: [v-0001]}}]\n")
+    r = cli("validate", str(path))
+    assert r.code == 2 and "unknown key 'kkkk" in r.err and "(100000 characters)" in r.err
+    assert len(r.err) < 1000, len(r.err)
+
+
 def test_plan_text_output_escapes_control_and_bidi_characters(cli: CliRunner, tmp_path: Path) -> None:
     """An Extend holding a terminal escape and a bidi override: `plan` text shows them escaped (the JSONL
     output and the request itself keep them exactly)."""

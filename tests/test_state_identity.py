@@ -205,3 +205,16 @@ def test_a_dead_runs_sending_rows_are_in_doubt_for_status_and_report_at_once(cli
         holder.close()
     assert (alive["counts"]["sending"], alive["counts"]["in_doubt"]) == (2, 0)
     assert alive["running"]["pid"] == os.getpid() and listed == ""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_state_path_that_is_no_regular_file_exits_6_at_once(cli: CliRunner, tmp_path: Path, kind: str) -> None:
+    """--state naming a FIFO or a directory: run, status and report exit 6 saying so, and nothing is sent."""
+    target = tmp_path / "special"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    path = _manifest(tmp_path, 2)
+    with running() as emu:
+        for command, *more in (("run", "--endpoint", emu.url), ("status",), ("report",)):
+            r = cli(command, str(path), "--state", str(target), *more, env=ENV)
+            assert r.code == 6 and "is not a regular file" in r.err, (command, r.err)
+        assert emu.emulator.calls == []
