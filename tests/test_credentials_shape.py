@@ -133,3 +133,29 @@ def test_a_malformed_credentials_ini_names_the_line_not_its_text(tmp_path: Path,
         find_credentials({}, tmp_path)
     assert str(caught.value).startswith(str(path)) and expected in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+def test_the_official_chain_applies_the_same_checks(tmp_path: Path) -> None:
+    """Through the default chain (snapbatch[aliyun]) too: a fixed key with whitespace is refused naming its
+    source, and a BOM in config.json does not hide an exchange profile."""
+    from snapbatch.vod.chain import chain_sources
+
+    _write(
+        tmp_path,
+        ".alibabacloud/credentials.ini",
+        f"[default]\naccess_key_id = LTAI5t\naccess_key_secret = {SECRET} x\n".encode(),
+    )
+    with pytest.raises(
+        CredentialsError, match=r"AccessKey secret from .*credentials.ini \[default\] contains whitespace"
+    ):
+        chain_sources({}, tmp_path)
+    other = tmp_path / "other"
+    profile = {"name": "default", "mode": "RamRoleArn", "access_key_id": "LTAI5t", "access_key_secret": SECRET}
+    profile["ram_role_arn"] = "acs:ram::1:role/r"
+    _write(
+        other,
+        ".aliyun/config.json",
+        b"\xef\xbb\xbf" + json.dumps({"current": "default", "profiles": [profile]}).encode(),
+    )
+    (source,) = chain_sources({"ALIBABA_CLOUD_STS_ENDPOINT": "127.0.0.1:1"}, other)
+    assert source.kind == "ram_role_arn"
