@@ -8,7 +8,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from snapbatch.emulator import EmulatorConfig
+from snapbatch.manifest.expand import expand, fingerprint
+from snapbatch.manifest.load import load_manifest
+from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.runner import RunOptions, run_batch
+from snapbatch.run.state import State
+from snapbatch.vod.client import VodClient
+from snapbatch.vod.signing import Credentials
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process, running
 from tests.test_emulator_official_sdks import _core_call
@@ -80,3 +89,48 @@ def test_the_emulator_never_logs_the_token_or_signature_of_a_v1_sts_call(tmp_pat
         assert isinstance(params, dict) and "SecurityToken" not in params and "Signature" not in params
         assert "SignatureNonce" in params or call.get("code")  # the log still records what may be shown
     assert '"Signature":' not in text and json.dumps(AK_SECRET) not in text
+
+
+def test_a_request_is_marked_sending_only_once_its_slot_has_come(tmp_path: Path) -> None:
+    """At 1 call/s the second request waits about a second for its slot: while it waits it is still
+    'pending' (a kill then leaves nothing in doubt that never left), and a stop during the wait ends the run
+    at once with it untouched."""
+    state = State(tmp_path / "s.sqlite3")
+    manifest = load_manifest(_manifest(tmp_path, 3), {})
+    state.ingest(expand(manifest), fingerprint(manifest), manifest.batch)
+    waiting = anyio.Event()
+    during: list[dict[str, tuple[str, int]]] = []
+
+    async def sleep(seconds: float) -> None:
+        if seconds > 0.5:  # the second request's slot: look at the state while the run waits for it
+            during.append(_rows(tmp_path / "s.sqlite3"))
+            waiting.set()
+        await anyio.sleep_forever()  # only a stop ends this wait
+
+    async def go(url: str) -> Any:
+        stop = anyio.Event()
+        async with VodClient(url, Credentials(AK_ID, AK_SECRET)) as client, anyio.create_task_group() as tg:
+
+            async def stopper() -> None:
+                await waiting.wait()
+                stop.set()
+
+            tg.start_soon(stopper)
+            with anyio.fail_after(60):  # bounds a hang: a stop that cannot interrupt the wait
+                return await run_batch(state, client, Limiter(RateWindow(1.0), sleep=sleep), RunOptions(), stop=stop)
+
+    try:
+        with running(EmulatorConfig(qps=1000)) as emu:
+            result = anyio.run(go, emu.url)
+            calls = len(emu.emulator.calls)
+        after = _rows(tmp_path / "s.sqlite3")
+    finally:
+        state.close()
+    assert calls == 1 and result.stop_reason == "interrupted"
+    assert during[0]["video-00001"] == ("pending", 0) and during[0]["video-00002"] == ("pending", 0)
+    assert after == {"video-00000": ("submitted", 1), "video-00001": ("pending", 0), "video-00002": ("pending", 0)}
+
+
+def _rows(path: Path) -> dict[str, tuple[str, int]]:
+    with sqlite3.connect(path) as db:
+        return {v: (s, a) for v, s, a in db.execute("SELECT video, status, attempts FROM requests")}

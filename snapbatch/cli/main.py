@@ -498,6 +498,9 @@ def main(
         return EXIT["usage"]
     except BrokenPipeError:  # `snapbatch plan ... | head`
         return EXIT["ok"]
+    except KeyboardInterrupt:  # outside a run's own signal handling (loading, ingesting, a report)
+        out.log("interrupted; what was committed is kept, run again to continue")
+        return EXIT["interrupted"]
     raise AssertionError(f"unhandled command {args.command}")
 
 

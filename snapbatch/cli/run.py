@@ -384,12 +384,23 @@ async def _run_async(
             else:
                 out.log(line)
 
+    hard_stop = anyio.Event()
+
     async def signals() -> None:
+        # The receiver stays open for the whole run: a second signal must stop at once, not raise
+        # KeyboardInterrupt through whatever happens to be running.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             async for signum in received:
-                out.log(f"{signal.Signals(signum).name}: starting no new calls, waiting for those in flight")
-                stop.set()
-                return
+                name = signal.Signals(signum).name
+                if not stop.is_set():
+                    out.log(
+                        f"{name}: starting no new calls, waiting up to {options.drain_s:g} s for those in flight "
+                        "(again to stop at once)"
+                    )
+                    stop.set()
+                else:
+                    out.log(f"second {name}: stopping at once; the calls in flight are recorded as in doubt")
+                    hard_stop.set()
 
     if pacing.quota == "local" and pacing.cache is not None:
         out.log("pacing shared with the other runs on this host that use this AccessKeyId and endpoint")
@@ -409,7 +420,14 @@ async def _run_async(
         tg.start_soon(ingest)
         tg.start_soon(creds.keep_fresh)  # renews STS credentials ahead of expiry, off the calls' path
         result = await run_batch(
-            state, client, limiter, options, on_event=on_event, stop=stop, more_coming=lambda: not ingested.is_set()
+            state,
+            client,
+            limiter,
+            options,
+            on_event=on_event,
+            stop=stop,
+            hard_stop=hard_stop,
+            more_coming=lambda: not ingested.is_set(),
         )
         abandon.set()  # an unfinished ingest commits as it goes and is redone next time
         if margins is not None:

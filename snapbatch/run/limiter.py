@@ -131,14 +131,19 @@ class Limiter:
         self.admitted = 0
         self.cuts = 0
 
-    async def acquire(self) -> float:
-        """Wait for a slot; return the admission time."""
+    async def acquire(self, before: Callable[[], Awaitable[None]] | None = None) -> float:
+        """Wait for a slot; return the admission time. The wait may be cancelled (a stop need not sit out a
+        slow rate's wait). ``before`` is awaited once the slot has come and before the admission is recorded:
+        the run commits its intent there, so a request is marked as being sent only when its slot has come,
+        and the window counts the call when it really starts."""
         async with self._lock:
             now = self.clock()
             slot = self.window.next_slot(now)
             if slot > now:
                 await self.sleep(slot - now)
-                now = self.clock()
+            if before is not None:
+                await before()
+            now = self.clock()
             # A wake-up much later than the slot (a busy loop) restarts the pace from now.
             self.window.admit(now, slot if now - slot <= self.window.base_margin_s else now)
             self.admitted += 1

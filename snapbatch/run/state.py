@@ -268,6 +268,11 @@ class State:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('lease', ?)", (json.dumps(lease),))
 
+    @property
+    def locked(self) -> bool:
+        """Whether this State holds the run lock."""
+        return self._locked
+
     def renew(self) -> None:
         """Say this run is still alive (its lease's time), and check that the file is still the one open."""
         self.check_identity()
