@@ -12,6 +12,7 @@ when the state file is no longer the one open (deleted, replaced).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import random
@@ -222,25 +223,36 @@ class _Run:
     async def admit(self, row: Row, slots: anyio.Semaphore) -> bool:
         """Wait for a free call slot, the probe's answer and the limiter's slot (any of it cut short by a stop),
         then commit the intent; True when the call may start. A stop that comes while the intent is being
-        committed takes it back: nothing is ever left marked as sent that was not."""
+        committed, or after, takes it back: nothing is ever left marked as sent that was not."""
         committed = False
         got_slot = False
 
         async def intent() -> None:
             nonlocal committed
-            with anyio.CancelScope(shield=True):  # half an intent would be worse than a moment's delay
+            try:
                 await self.writer.intent([row.key])
+            except BaseException:  # stopped while the intent was queued: take it back, in the same queue
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self.writer.unsend(row.key, row.status)
+                raise
             committed = True
 
-        with anyio.CancelScope() as self.waiting:
-            if self.stop_reason is None:
-                await slots.acquire()
-                got_slot = True
-                while not self.proven and self.in_flight > 0 and self.stop_reason is None:
-                    await self._wait(1.0)
+        try:
+            with anyio.CancelScope() as self.waiting:
                 if self.stop_reason is None:
-                    await self.limiter.acquire(before=intent)
-        self.waiting = None
+                    await slots.acquire()
+                    got_slot = True
+                    while not self.proven and self.in_flight > 0 and self.stop_reason is None:
+                        await self._wait(1.0)
+                    if self.stop_reason is None:
+                        await self.limiter.acquire(before=intent)
+        except BaseException:  # a hard stop cancels from outside: an intent just committed is taken back too
+            if committed:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self.writer.unsend(row.key, row.status)
+            raise
+        finally:
+            self.waiting = None
         if self.stop_reason is None:
             return True
         if got_slot:
