@@ -127,7 +127,9 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         formatter_class=fmt,
         description="Send every request of the manifest that the state file does not record as submitted, at "
         "most --qps calls in any second, retrying throttled, transient and unanswered calls. Resumable: kill it, "
-        "run it again, it continues. A second run on the same state exits 3.",
+        "run it again, it continues. A second run on the same state (by any path) exits 3. Ctrl-C or SIGTERM: no "
+        "new calls, those in flight get 5 s, exit 130; a second Ctrl-C stops at once (what was in flight is in "
+        "doubt).",
         epilog="examples:\n  snapbatch run jobs.example.yaml --emulator\n  snapbatch run jobs.yaml --json\n"
         "  snapbatch run jobs.yaml --max-duration 3600   # a slice per night from cron; exit 5 means work left\n\n"
         "credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET(/_SECURITY_TOKEN), else the aliyun CLI profile "
