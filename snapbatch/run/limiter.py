@@ -141,11 +141,13 @@ class Limiter:
             slot = self.window.next_slot(now)
             if slot > now:
                 await self.sleep(slot - now)
+            woke = self.clock()
             if before is not None:
                 await before()
             now = self.clock()
-            # A wake-up much later than the slot (a busy loop) restarts the pace from now.
-            self.window.admit(now, slot if now - slot <= self.window.base_margin_s else now)
+            # A wake-up much later than the slot (a busy loop) restarts the pace from now. The time ``before``
+            # took does not: the window keeps the real start, so the pace may stay on its schedule.
+            self.window.admit(now, slot if woke - slot <= self.window.base_margin_s else now)
             self.admitted += 1
             return now
 
