@@ -245,7 +245,11 @@ class _Run:
                     while not self.proven and self.in_flight > 0 and self.stop_reason is None:
                         await self._wait(1.0)
                     if self.stop_reason is None:
-                        await self.limiter.acquire(before=intent)
+                        try:
+                            await self.limiter.acquire(before=intent)
+                        except QuotaUnavailable as exc:  # a shared quota away too long: stop for good
+                            self.result.quota_error = str(exc)
+                            self.stop("quota")
         except BaseException:  # a hard stop cancels from outside: an intent just committed is taken back too
             if committed:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
