@@ -23,6 +23,8 @@ __all__ = [
     "SnapbatchError",
     "StateError",
     "UsageError",
+    "echo",
+    "printable",
 ]
 
 
@@ -43,18 +45,40 @@ class Problem:
 
     def format(self) -> str:
         """FILE:LINE:COL: WHERE: MESSAGE on one line, whatever characters the manifest held."""
-        loc = _printable(self.file)
+        loc = printable(self.file)
         if self.line is not None:
             loc += f":{self.line}:{self.col if self.col is not None else 1}"
         label = "warning: " if self.severity == "warning" else ""
-        where = f" {_printable(self.where)}:" if self.where else ""
-        return f"{loc}:{where} {label}{_printable(self.message)}"
+        where = f" {printable(_capped(self.where, 120))}:" if self.where else ""
+        return f"{loc}:{where} {label}{printable(_capped(self.message))}"
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """``text`` with control, bidi and other unprintable characters escaped (\\x1b, \\u202e), so that what
+    a manifest or a server wrote cannot move the cursor, reorder a line or clear a terminal."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+ECHO_CHARS = 60
+_MESSAGE_CHARS = 2000
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """User text quoted for a message: shortened to ``limit`` characters (saying how long it was) and
+    escaped, so a 100 KB batch name or a line of terminal escapes is neither echoed whole nor obeyed."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[: limit - 10]) + f"... ({len(text)} characters)"
+    return repr(text)
+
+
+def _capped(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    # The last guard: text built from long user input is cut in the middle, keeping what to do at its end.
+    if len(text) <= limit:
+        return text
+    return text[: limit // 2] + " [...] " + text[-limit // 4 :]
 
 
 class ManifestError(SnapbatchError):

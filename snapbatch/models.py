@@ -16,6 +16,8 @@ __all__ = [
     "DEFAULT_REGION",
     "EXTEND_TAG",
     "KEY_CHARS",
+    "MAX_QPS",
+    "MIN_QPS",
     "IdSource",
     "Job",
     "Loc",
@@ -30,6 +32,10 @@ __all__ = [
 ]
 
 DEFAULT_QPS = 30.0
+# One call every 100 s at the slowest: below that a pace is a mistake (1e-320 would never send a call, and
+# durations computed from it overflow); above 30 is more than an account may make, except for the emulator.
+MIN_QPS = 0.01
+MAX_QPS = 30.0
 DEFAULT_REGION = "cn-shanghai"
 KEY_CHARS = 24  # a request key's length (hex)
 # The name under which a request's key rides in UserData.Extend, so that a SnapshotComplete event names

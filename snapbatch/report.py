@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from snapbatch.errors import printable
 from snapbatch.manifest.expand import Survey
 from snapbatch.models import Manifest, Outcome, OutcomeKind, Request, RequestStatus, tagged
 from snapbatch.run.listings import ListingInfo
@@ -38,6 +39,7 @@ __all__ = [
     "reopened_line",
     "report_row",
     "run_summary",
+    "second_signal_line",
     "signal_line",
     "start_line",
     "status_document",
@@ -82,10 +84,14 @@ _STOPS = {
 }
 # the stops after which the last error says what went wrong
 _STOPS_WITH_DETAIL = (StopReason.OUTAGE, StopReason.UNREACHABLE, StopReason.RETRY_BUDGET, StopReason.WRONG_ENDPOINT)
+_CENTURY_S = 100 * 365.25 * 86400
 
 
 def duration(seconds: float) -> str:
-    """A duration a person reads at a glance: '0.4 s', '7 min 30 s', '9 h 16 min', '2 d 3 h'."""
+    """A duration a person reads at a glance: '0.4 s', '7 min 30 s', '9 h 16 min', '2 d 3 h'; whatever the
+    number (a huge or infinite one from a tiny rate included), never an error."""
+    if not seconds < _CENTURY_S:  # also inf and nan
+        return "over 100 years"
     if seconds < 0.05:
         return "under 0.1 s"
     if seconds < 60:
@@ -119,12 +125,12 @@ def plan_summary(manifest: Manifest, found: Survey, qps: float, endpoint: str) -
             lines.append(f"  {job.name:<{width}}  {template:<24} {count:>9} request{'s' if count != 1 else ''}")
         if found.duplicates.get(job.name):
             lines.append(f"  {job.name:<{width}}  {'duplicates folded':<24} {found.duplicates[job.name]:>9}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 def plan_line(request: Request) -> str:
     params = " ".join(f"{name}={value}" for name, value in tagged(request.params, request.key).items())
-    return f"{request.key}  {request.job}  {params}"
+    return printable(f"{request.key}  {request.job}  {params}")  # an Extend or URL may hold terminal escapes
 
 
 def plan_jsonl(requests: Iterable[Request]) -> Iterable[str]:
@@ -225,8 +231,12 @@ def reopened_line(count: int) -> str:
     return f"{count} requests whose job failed after submission will be sent again"
 
 
-def signal_line(name: str) -> str:
-    return f"{name}: starting no new calls, waiting for those in flight"
+def signal_line(name: str, drain_s: float) -> str:
+    return f"{name}: starting no new calls, waiting up to {drain_s:g} s for those in flight (again to stop at once)"
+
+
+def second_signal_line(name: str) -> str:
+    return f"second {name}: stopping at once; the calls in flight are recorded as in doubt"
 
 
 def stop_lines(result: RunResult, max_attempts: int) -> list[str]:
@@ -317,6 +327,11 @@ def status_text(doc: Mapping[str, Any]) -> str:
     counts, holder = doc["counts"], doc["running"]
     lines = [f"batch {doc['batch']}"]
     lines += [f"  {name:<10} {counts[name]:>10}" for name in ("submitted", "pending", "sending", "in_doubt", "failed")]
+    if "new" in counts:
+        lines.append(
+            f"  the manifest changed since the last run: the next run adds {counts['new']} new "
+            f"request{'s' if counts['new'] != 1 else ''} and drops {counts['dropped']} (kept on record)"
+        )
     if counts["not_in_manifest"]:
         lines.append(f"  {counts['not_in_manifest']} recorded requests are no longer in the manifest")
     if holder:

@@ -219,7 +219,7 @@ def test_mixed_batch_is_fully_accepted_in_query_only_mode(cli: CliRunner, tmp_pa
 batch: mixed
 defaults:
   UserData:
-    MessageCallback: {CallbackURL: "https://hooks.example.com/vod?x=1&y=a b"}
+    MessageCallback: {CallbackURL: "https://hooks.example.com/vod?x=1&y=a%20b+c"}
     Extend: {campaign: "автомн 秋 🎬 *~+&=%/"}
 templates:
   poster: {SnapshotTemplateId: f5b228fe693bf55bd87b789abcd}

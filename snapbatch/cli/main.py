@@ -40,6 +40,7 @@ from snapbatch.errors import (
 )
 from snapbatch.manifest.expand import expand, search_jobs, survey
 from snapbatch.manifest.load import load_manifest
+from snapbatch.models import MIN_QPS
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
 from snapbatch.run.listings import ListingError
 
@@ -129,14 +130,16 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     _add_state_arg(p)
     p.add_argument("--emulator", action="store_true", help="use the lists frozen by `run --emulator` rehearsals")
     _add_target_args(p)
-    p.add_argument("--qps", type=_positive_float, help="estimate at this rate instead of the manifest's")
+    p.add_argument("--qps", type=_qps, help="estimate at this rate instead of the manifest's")
     p = sub.add_parser(
         "run",
         help="send the batch",
         formatter_class=fmt,
         description="Send every request of the manifest that the state file does not record as submitted, at "
         "most --qps calls in any second, retrying throttled, transient and unanswered calls. Resumable: kill it, "
-        "run it again, it continues. A second run on the same state exits 3.",
+        "run it again, it continues. A second run on the same state (by any path) exits 3. Ctrl-C or SIGTERM: no "
+        "new calls, those in flight get 5 s, exit 130; a second Ctrl-C stops at once (what was in flight is in "
+        "doubt).",
         epilog="examples:\n  snapbatch run jobs.example.yaml --emulator\n  snapbatch run jobs.yaml --json\n"
         "  snapbatch run jobs.yaml --max-duration 3600   # a slice per night from cron; exit 5 means work left\n\n"
         "credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET(/_SECURITY_TOKEN), else the aliyun CLI profile "
@@ -146,7 +149,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     _add_state_arg(p)
     _add_target_args(p)
     p.add_argument("--profile", help="aliyun CLI profile to take credentials from")
-    p.add_argument("--qps", type=_positive_float, help="calls per second (overrides the manifest; any positive number)")
+    p.add_argument("--qps", type=_qps, help=f"calls per second (overrides the manifest; at least {MIN_QPS:g})")
     p.add_argument(
         "--concurrency", type=_positive_int, help="calls in flight at most (default: enough for qps with 2.5 s answers)"
     )
@@ -304,7 +307,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    p.add_argument("--qps", type=_positive_float, default=30.0, help="calls per second per AccessKeyId (30)")
+    p.add_argument("--qps", type=_qps, default=30.0, help="calls per second per AccessKeyId (30)")
     p.add_argument(
         "--latency-ms",
         nargs=2,
@@ -432,6 +435,13 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _qps(text: str) -> float:
+    value = _positive_float(text)
+    if value < MIN_QPS:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_QPS:g} (one call every {1 / MIN_QPS:g} s), not {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -481,13 +491,13 @@ def main(
         out.problems(exc.problems)
         return EXIT["usage"]
     except UsageError as exc:
-        print(f"snapbatch: {exc}", file=out.stderr)
+        out.log(str(exc))
         return EXIT["usage"]
     except LockedError as exc:
-        print(f"snapbatch: {exc}", file=out.stderr)
+        out.log(str(exc))
         return EXIT["locked"]
     except StateError as exc:
-        print(f"snapbatch: {exc}", file=out.stderr)
+        out.log(str(exc))
         return EXIT["state"]
     except ListingError as exc:
         print(f"snapbatch: {exc}", file=out.stderr)
@@ -496,10 +506,13 @@ def main(
         print(f"snapbatch: {exc}", file=out.stderr)
         return EXIT["fatal"]
     except SnapbatchError as exc:
-        print(f"snapbatch: {exc}", file=out.stderr)
+        out.log(str(exc))
         return EXIT["usage"]
     except BrokenPipeError:  # `snapbatch plan ... | head`
         return EXIT["ok"]
+    except KeyboardInterrupt:  # outside a run's own signal handling (loading, ingesting, a report)
+        out.log("interrupted; what was committed is kept, run again to continue")
+        return EXIT["interrupted"]
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from snapbatch.errors import Problem
+from snapbatch.errors import Problem, printable
 
 __all__ = ["EXIT", "Out"]
 
@@ -25,4 +25,5 @@ class Out:
             print(p.format(), file=self.stderr)
 
     def log(self, message: str) -> None:
-        print(f"snapbatch: {message}", file=self.stderr, flush=True)
+        # escaped: a log line may quote a server's message or a manifest's text
+        print(f"snapbatch: {printable(message)}", file=self.stderr, flush=True)

@@ -22,7 +22,7 @@ from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
 from snapbatch.emulator.catalogue import Catalogue, load_catalogue
 from snapbatch.errors import SnapbatchError, StateError, UsageError
-from snapbatch.manifest.expand import Listings, search_jobs
+from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Manifest
 from snapbatch.report import (
@@ -42,6 +42,7 @@ from snapbatch.report import (
     reopened_line,
     report_row,
     run_summary,
+    second_signal_line,
     signal_line,
     start_line,
     status_document,
@@ -189,8 +190,11 @@ class _Printer(RunEvents):
         else:
             self.out.log(progress_line(progress))
 
-    def stopping(self, signal_name: str) -> None:
-        self.log(signal_line(signal_name))
+    def stopping(self, signal_name: str, drain_s: float) -> None:
+        self.log(signal_line(signal_name, drain_s))
+
+    def abandoning(self, signal_name: str) -> None:
+        self.log(second_signal_line(signal_name))
 
     def log(self, message: str) -> None:
         self.end_line()
@@ -332,6 +336,8 @@ def _exit_code(result: RunResult, after: dict[str, int]) -> int:
 
 
 def open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manifest, State]:
+    """The batch's state file, refused (exit 6) when it is missing, not a state file, or another batch's:
+    its counts and rows are not this manifest's."""
     manifest = load_manifest(args.manifest, env, check_ids=False)
     path = _state_path(args, manifest)
     if not path.exists():
@@ -339,16 +345,27 @@ def open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manife
             f"no state file at {path}: nothing has been run for this batch yet (or give --state, "
             "or --emulator for the state of emulator runs)"
         )
-    return manifest, State(path)
+    state = State(path, create=False)
+    try:
+        state.check_batch(manifest.batch)
+    except StateError:
+        state.close()
+        raise
+    return manifest, state
 
 
 def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
     manifest, state = open_state(args, env)
     try:
         absorb_events(args, manifest, state)
-        counts = state.counts()
         completion = state.completion_counts()
         holder = state.holder()
+        changed = state.needs_ingest(fingerprint(manifest))
+        # a changed manifest: counted as the next run will see it, with what it adds and drops
+        counts = state.compare(r.key for r in expand(manifest, fold_duplicates=False)) if changed else state.counts()
+        if holder is None:  # no run is alive: what a dead run left 'sending' is in doubt now, not later
+            counts["in_doubt"] += counts["sending"]
+            counts["sending"] = 0
         now = time.time()
         # the rate over the last minute, or since the running batch started if that is more recent
         window = max(1.0, min(60.0, now - float(holder.get("started", 0)))) if holder else 60.0
@@ -369,7 +386,9 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     manifest, state = open_state(args, env)
     try:
         absorb_events(args, manifest, state)
-        rows = (report_row(row) for row in state.rows((args.only,) if args.only else None))
+        # no run alive: a dead run's 'sending' rows are in doubt, and listed so at once
+        dead = state.holder() is None
+        rows = (report_row(row) for row in state.rows((args.only,) if args.only else None, sending_in_doubt=dead))
         wanted = getattr(args, "completion", None)
         if wanted:
             rows = (values for values in rows if values["completion"] == COMPLETION_WORDS[_COMPLETION_FILTER[wanted]])

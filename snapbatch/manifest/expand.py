@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from snapbatch.errors import ManifestError, Problem
-from snapbatch.manifest.ids import IdEntry, read_ids
+from snapbatch.manifest.ids import IdEntry, open_regular, read_ids
 from snapbatch.models import KEY_CHARS, Job, Manifest, Request
 
 __all__ = [
@@ -209,7 +209,7 @@ def fingerprint(manifest: Manifest) -> str:
     )
     for job in manifest.jobs:
         if job.ids.file is not None:
-            with open(job.ids.file, "rb") as handle:
+            with open_regular(job.ids.file) as handle:  # never a FIFO or a device that would not end
                 while chunk := handle.read(1 << 20):
                     h.update(chunk)
     return h.hexdigest()

@@ -17,23 +17,24 @@ from typing import Any, NamedTuple
 
 import jsonschema
 
-from snapbatch.errors import ManifestError, Problem, UsageError
+from snapbatch.errors import ManifestError, Problem, UsageError, echo
 from snapbatch.manifest import located
-from snapbatch.manifest.ids import check_id, read_ids
+from snapbatch.manifest.ids import check_id, open_regular, read_ids
 from snapbatch.manifest.located import Document, format_path
 from snapbatch.manifest.match import MatchError, check_sort_by, parse
 from snapbatch.models import DEFAULT_QPS, EXTEND_TAG, KEY_CHARS, IdSource, Job, Loc, Manifest, Search, Variant
-from snapbatch.vod.endpoint import check_url
+from snapbatch.vod.endpoint import check_url, url_problem
 
-__all__ = ["MAX_ID_PROBLEMS", "load_manifest", "merge", "schema", "to_wire"]
+__all__ = ["MAX_API_INT", "MAX_ID_PROBLEMS", "load_manifest", "merge", "schema", "to_wire"]
 
 MAX_ID_PROBLEMS = 20  # per ID source; a file of a million bad lines says so in one line, not a million
 EXTEND_MAX_BYTES = 512
+MAX_API_INT = 2**31 - 1  # the API's integer fields are 32-bit; the schema says the same
 _WHOLE = ("Count", "Interval", "SpecifiedOffsetTime", "Width", "Height")
-_WHOLE_RANGE = {
-    "Count": (1, None),
-    "Interval": (0, None),
-    "SpecifiedOffsetTime": (0, None),
+_WHOLE_RANGE: dict[str, tuple[int, int]] = {
+    "Count": (1, MAX_API_INT),
+    "Interval": (0, MAX_API_INT),
+    "SpecifiedOffsetTime": (0, MAX_API_INT),
     "Width": (8, 4096),
     "Height": (8, 4096),
 }
@@ -47,7 +48,6 @@ _IGNORED_WITH_TEMPLATE = (
     "SpriteSnapshotConfig",
 )
 _JSON_TEXT = ("SpecifiedOffsetTimes", "SpriteSnapshotConfig", "UserData")
-_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -62,11 +62,14 @@ def schema() -> dict[str, Any]:
 def load_manifest(path: FsPath, env: Mapping[str, str], *, check_ids: bool = True) -> Manifest:
     """Load and check ``path``; with ``check_ids`` every ID (ID files included) is read and checked."""
     try:
-        data = path.read_bytes()
+        with open_regular(path) as handle:
+            data = handle.read(located.MAX_BYTES + 1)  # more than the limit is refused by located.load
     except OSError as exc:
         raise ManifestError(
             [Problem(str(path), None, None, "", f"cannot read the manifest: {exc.strerror or exc}")]
         ) from None
+    except ValueError as exc:
+        raise ManifestError([Problem(str(path), None, None, "", f"the manifest {exc}; name a YAML file")]) from None
     doc = located.load(data, str(path))
     checker = _Checker(doc, path, env)
     return checker.run(check_ids)
@@ -98,6 +101,10 @@ def to_wire(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _number(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 30 else f"{value:.3g}"
 
 
 def _close(word: str, choices: Iterable[str]) -> str:
@@ -169,26 +176,52 @@ class _Checker:
         return value
 
     def substitute(self, text: str, path: located.Path) -> str:
-        def replace(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            body = match.group(1)
-            if body is None:
-                self.error(path, "unterminated ${ ; close it with } or write $${ for a literal ${")
-                return ""
-            name, sep, default = body.partition(":-")
-            if not _VAR_NAME.fullmatch(name):
-                self.error(path, f"${{{body}}} is not a variable; write ${{NAME}} or ${{NAME:-default}}")
-                return ""
-            found = self.env.get(name)
-            if sep:
-                return found if found else default
-            if found is None:
-                self.error(path, f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
-                return ""
-            return found
+        """${VAR}, ${VAR:-default} (the default itself may hold ${...}, expanded only when used) and $${ for a
+        literal ${; every mistake is an error at ``path``, so nothing is ever sent with a ${ left in it."""
+        out, _ = self._expand(text, 0, path, nested=False, used=True)
+        return out
 
-        return _VAR.sub(replace, text)
+    def _expand(self, text: str, at: int, path: located.Path, *, nested: bool, used: bool) -> tuple[str, int]:
+        """Expand from ``at`` to the end of ``text`` (or, when ``nested``, to the } closing a default); return
+        the text and where it stopped. ``used``: whether the result is used (unset variables in a default
+        that is not taken are no error)."""
+        out: list[str] = []
+        i = at
+        while i < len(text):
+            if text.startswith("$${", i):
+                out.append("${")
+                i += 3
+            elif text.startswith("${", i):
+                value, i = self._variable(text, i + 2, path, used)
+                out.append(value)
+            elif nested and text[i] == "}":
+                return "".join(out), i + 1
+            else:
+                out.append(text[i])
+                i += 1
+        if nested:
+            self.error(path, f"unterminated ${{ in {echo(text)}; close it with }} or write $${{ for a literal ${{")
+        return "".join(out), i
+
+    def _variable(self, text: str, at: int, path: located.Path, used: bool) -> tuple[str, int]:
+        name_match = _VAR_NAME.match(text, at)
+        name = name_match.group(0) if name_match else ""
+        i = at + len(name)
+        if text.startswith(":-", i) and name:
+            taken = used and not self.env.get(name)
+            default, i = self._expand(text, i + 2, path, nested=True, used=taken)
+            return (default if taken else self.env.get(name, "")), i
+        if text.startswith("}", i) and name:
+            found = self.env.get(name)
+            if found is None and used:
+                self.error(path, f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
+            return found or "", i + 1
+        close = text.find("}", at)
+        if close < 0:
+            self.error(path, "unterminated ${ ; close it with } or write $${ for a literal ${")
+            return "", len(text)
+        self.error(path, f"${{{echo(text[at:close])[1:-1]}}} is not a variable; write ${{NAME}} or ${{NAME:-default}}")
+        return "", close + 1
 
     def check_schema(self, value: Any) -> None:
         validator = jsonschema.Draft202012Validator(schema())
@@ -200,7 +233,7 @@ class _Checker:
                     if key not in known:
                         self.error((*path, key), self.unknown_key(key, known), key=True)
             elif err.validator == "propertyNames":
-                self.error(path, f"{err.instance!r} is not a usable name: use 1-64 of A-Z a-z 0-9 _ . -")
+                self.error(path, f"{echo(err.instance)} is not a usable name: use 1-64 of A-Z a-z 0-9 _ . -")
             else:
                 self.error(path, self.schema_message(err, path))
 
@@ -214,7 +247,7 @@ class _Checker:
         hint = _close(key, known)
         if not hint and known:
             hint = f"; known keys: {', '.join(known)}"
-        return f"unknown key {key!r}{hint}"
+        return f"unknown key {echo(key)}{hint}"
 
     def schema_message(self, err: jsonschema.ValidationError, path: located.Path) -> str:
         kind = err.validator
@@ -229,24 +262,27 @@ class _Checker:
         if kind == "const":
             return f"must be {err.validator_value!r}; this snapbatch reads manifest version 1"
         if kind == "enum":
-            return f"must be one of {', '.join(map(str, limit))}, not {inst!r}"
+            return f"must be one of {', '.join(map(str, limit))}, not {echo(inst)}"
         if kind == "pattern":
             if field == "batch" or field == "name":
-                return f"{inst!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+                return f"{echo(inst)} must be 1-64 characters of A-Z a-z 0-9 _ . -"
             if field in _WHOLE:
-                return f"must be a whole number, not {inst!r}"
+                return f"must be a whole number, not {echo(inst)}"
             if field in ("CallbackURL", "endpoint"):
-                return f"{inst!r} must be an http:// or https:// URL"
+                return f"{echo(inst)} must be an http:// or https:// URL"
             if field == "region":
-                return f"{inst!r} is not a region ID such as cn-shanghai"
+                return f"{echo(inst)} is not a region ID such as cn-shanghai"
             if field == "quota":
-                return f"{inst!r} is not local, off or a redis://HOST:PORT/DB URL"
-            return f"{inst!r} does not match {err.validator_value}"
+                return f"{echo(inst)} is not local, off or a redis://HOST:PORT/DB URL"
+            return f"{echo(inst)} does not match {err.validator_value}"
         if kind in ("minimum", "exclusiveMinimum"):
             word = "at least" if kind == "minimum" else "more than"
-            return f"must be {word} {err.validator_value}, not {inst!r}"
-        if kind == "maximum":
-            return f"must be at most {err.validator_value}, not {inst!r}"
+            return f"must be {word} {err.validator_value}, not {_number(inst)}"
+        if kind in ("maximum", "exclusiveMaximum"):
+            word = "at most" if kind == "maximum" else "less than"
+            return f"must be {word} {err.validator_value}, not {_number(inst)}"
+        if kind == "maxLength":
+            return f"must be at most {err.validator_value} characters, not {len(inst)}"
         if kind == "minItems":
             return f"must list at least {err.validator_value} item(s)"
         if kind == "maxItems":
@@ -282,17 +318,17 @@ class _Checker:
         elif isinstance(inst, bool):
             got = f"the boolean {str(inst).lower()}"
         elif isinstance(inst, (int, float)):
-            got = f"the number {inst!r}"
+            got = f"the number {_number(inst)}"
         elif isinstance(inst, dict):
             got = "a mapping"
         elif isinstance(inst, list):
             got = "a list"
         else:
-            got = f"the text {inst!r}"
+            got = f"the text {echo(inst)}"
         message = f"must be {' or '.join(names.get(w, w) for w in wanted)}, not {got}"
         raw = self.doc.raw.get(path)
         if "string" in wanted and raw is not None:
-            message += f'; write it in quotes ("{raw}") to keep it as written'
+            message += f'; write it in quotes ("{echo(raw)[1:-1]}") to keep it as written'
         return message
 
     # -- semantics ------------------------------------------------------------------------------------
@@ -319,6 +355,7 @@ class _Checker:
         endpoint = top.get("endpoint")
         if endpoint is not None:
             self.check_endpoint(endpoint)
+        self.check_callback_urls(top)
         jobs: list[Job] = []
         seen_names: dict[str, int] = {}
         for index, job in enumerate(top["jobs"]):
@@ -327,7 +364,7 @@ class _Checker:
             if name in seen_names:
                 self.error(
                     (*base, "name"),
-                    f"job name {name!r} is already used by jobs[{seen_names[name]}]; names must be unique",
+                    f"job name {echo(name)} is already used by jobs[{seen_names[name]}]; names must be unique",
                 )
             seen_names.setdefault(name, index)
             built = self.build_job(job, base, defaults, templates, sprites)
@@ -343,6 +380,20 @@ class _Checker:
             quota=top.get("quota"),
         )
 
+    def check_callback_urls(self, top: dict[str, Any]) -> None:
+        """Every CallbackURL is a URL the service can call: a host, a valid port, no spaces or control characters."""
+        fragments: list[tuple[located.Path, Any]] = [(("defaults",), top.get("defaults"))]
+        fragments += [(("templates", k), v) for k, v in top.get("templates", {}).items()]
+        fragments += [(("jobs", i, "params"), j.get("params")) for i, j in enumerate(top["jobs"])]
+        for path, params in fragments:
+            url = ((params or {}).get("UserData") or {}).get("MessageCallback", {}).get("CallbackURL")
+            if isinstance(url, str):
+                problem = url_problem(url)
+                if problem is not None:
+                    self.error(
+                        (*path, "UserData", "MessageCallback", "CallbackURL"), f"CallbackURL {echo(url)} {problem}"
+                    )
+
     def check_endpoint(self, endpoint: str) -> None:
         try:
             check_url(endpoint)
@@ -355,9 +406,11 @@ class _Checker:
             if not isinstance(value, str) or not value.isdigit():
                 continue
             number = int(value) if len(value) < 12 else 10**12
-            if number < low or (high is not None and number > high):
-                span = f"{low}-{high}" if high is not None else f"at least {low}"
-                self.error((*path, name), f"must be {span}, not {value!r}")
+            if number < low or number > high:
+                span = (
+                    f"{low}-{high}" if high != MAX_API_INT else f"at least {low}" if number < low else f"at most {high}"
+                )
+                self.error((*path, name), f"must be {span}, not {echo(value)}")
 
     def build_job(
         self,
@@ -385,15 +438,15 @@ class _Checker:
             if tname not in templates:
                 ok = False
                 known = f" (defined: {', '.join(templates)})" if templates else " (no `templates` are defined)"
-                self.error(tpath, f"unknown template {tname!r}{_close(tname, templates) or known}")
+                self.error(tpath, f"unknown template {echo(tname)}{_close(tname, templates) or known}")
             elif tname in names[:i]:
                 ok = False
-                self.error(tpath, f"template {tname!r} is listed twice")
+                self.error(tpath, f"template {echo(tname)} is listed twice")
         sprite_name = job.get("sprite")
         if sprite_name is not None and sprite_name not in sprites:
             ok = False
             known = f" (defined: {', '.join(sprites)})" if sprites else " (no `sprites` are defined)"
-            self.error((*base, "sprite"), f"unknown sprite {sprite_name!r}{_close(sprite_name, sprites) or known}")
+            self.error((*base, "sprite"), f"unknown sprite {echo(sprite_name)}{_close(sprite_name, sprites) or known}")
         if not ok:
             return None
         variants = []

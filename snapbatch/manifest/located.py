@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from snapbatch.errors import ManifestError, Problem
+from snapbatch.errors import ManifestError, Problem, echo
 
 __all__ = ["MAX_ALIAS_NODES", "MAX_BYTES", "Document", "Path", "format_path", "load"]
 
@@ -146,11 +146,11 @@ class _Builder:
         try:
             if isinstance(node, yaml.SequenceNode):
                 if node.tag != "tag:yaml.org,2002:seq":
-                    self.problem(node, path, f"the YAML tag {node.tag} is not allowed; remove it")
+                    self.problem(node, path, f"the YAML tag {echo(node.tag)[1:-1]} is not allowed; remove it")
                 return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
             if isinstance(node, yaml.MappingNode):
                 if node.tag != "tag:yaml.org,2002:map":
-                    self.problem(node, path, f"the YAML tag {node.tag} is not allowed; remove it")
+                    self.problem(node, path, f"the YAML tag {echo(node.tag)[1:-1]} is not allowed; remove it")
                 return self.mapping(node, path)
         finally:
             self.building.discard(id(node))
@@ -179,7 +179,7 @@ class _Builder:
                 self.problem(
                     key_node,
                     (*path, key),
-                    f"duplicate key {key!r} (first at line {first_seen[key]}); keep one of them",
+                    f"duplicate key {echo(key)} (first at line {first_seen[key]}); keep one of them",
                 )
                 continue
             first_seen[key] = key_node.start_mark.line + 1
@@ -210,7 +210,9 @@ class _Builder:
             return text
         if node.tag in (_INT, _FLOAT, _BOOL, _NULL):
             return _resolve_plain(text)
-        self.problem(node, path, f"the YAML tag {node.tag} is not allowed here; remove it (snapbatch runs no code)")
+        self.problem(
+            node, path, f"the YAML tag {echo(node.tag)[1:-1]} is not allowed here; remove it (snapbatch runs no code)"
+        )
         return None
 
 

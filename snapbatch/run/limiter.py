@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from snapbatch.models import MIN_QPS
+
 __all__ = ["DEFAULT_MARGIN_S", "MAX_MARGIN_S", "Limiter", "LimiterStatistics", "RateWindow"]
 
 # Measured (bench/arrival_jitter.py): with connections reused, as snapbatch's are once its pool has grown,
@@ -43,8 +45,8 @@ class RateWindow:
     ) -> None:
         """``learned_s``: the margin an earlier run ended with (see margin.py); it applies from ``now`` and
         relaxes over quiet minutes like one widened by a throttle."""
-        if not qps > 0:
-            raise ValueError("qps must be positive")
+        if not MIN_QPS <= qps < math.inf:
+            raise ValueError(f"qps must be at least {MIN_QPS:g} and finite, not {qps!r}")
         self.qps = qps
         self.base_margin_s = margin_s
         self.widened_s = margin_s  # the margin right after the last throttle (or the learned one)
@@ -129,16 +131,23 @@ class Limiter:
         self.admitted = 0
         self.cuts = 0
 
-    async def acquire(self) -> float:
-        """Wait for a slot; return the admission time."""
+    async def acquire(self, before: Callable[[], Awaitable[None]] | None = None) -> float:
+        """Wait for a slot; return the admission time. The wait may be cancelled (a stop need not sit out a
+        slow rate's wait). ``before`` is awaited once the slot has come and before the admission is recorded:
+        the run commits its intent there, so a request is marked as being sent only when its slot has come,
+        and the window counts the call when it really starts."""
         async with self._lock:
             now = self.clock()
             slot = self.window.next_slot(now)
             if slot > now:
                 await self.sleep(slot - now)
-                now = self.clock()
-            # A wake-up much later than the slot (a busy loop) restarts the pace from now.
-            self.window.admit(now, slot if now - slot <= self.window.base_margin_s else now)
+            woke = self.clock()
+            if before is not None:
+                await before()
+            now = self.clock()
+            # A wake-up much later than the slot (a busy loop) restarts the pace from now. The time ``before``
+            # took does not: the window keeps the real start, so the pace may stay on its schedule.
+            self.window.admit(now, slot if woke - slot <= self.window.base_margin_s else now)
             self.admitted += 1
             return now
 

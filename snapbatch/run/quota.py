@@ -325,7 +325,10 @@ class SharedLimiter(Limiter):
         self._down_since: float | None = None
         self._backoff_s = _BACKOFF_FIRST_S
 
-    async def acquire(self) -> float:
+    async def acquire(self, before: Callable[[], Awaitable[None]] | None = None) -> float:
+        """As Limiter.acquire: ``before`` (the run's intent) is awaited once, when a slot has come, before the
+        store records the start."""
+        committed = False
         async with self._lock:
             while True:
                 now = self.clock()
@@ -341,6 +344,10 @@ class SharedLimiter(Limiter):
                     if start - (now + reservation.delay_s) > HOLD_S:
                         self.missed += 1
                         continue
+                    if before is not None and not committed:
+                        await before()
+                        committed = True
+                        start = self.clock()
                     self.recorded.append(await self.store.confirm(reservation))
                 except StoreUnavailable as exc:
                     await self._unavailable(str(exc))

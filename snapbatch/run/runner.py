@@ -1,15 +1,20 @@
 """Pending requests -> limiter -> client -> state, until done or told to stop.
 
-The dispatcher takes a few requests at a time (about 50 ms of sending), commits their intent in one
-transaction, then starts them one by one as the limiter allows. Calls run concurrently (capped); their
-outcomes go to a group-commit writer. What happens to an outcome is its kind's to say (OutcomeKind in
-models: retryable, proves_credentials, counts_toward_outage, status; vod.client.classify gives an answer
-its kind): retryable outcomes come back after an exponential backoff with full jitter. Until an answer
-proves the credentials work, one call at a time is in flight, so a wrong key costs a single call.
+The dispatcher takes a few requests at a time (about 50 ms of sending) and starts them one by one as the
+limiter allows: once a request's slot has come, its intent is committed, then its call starts; so a kill
+during a long wait leaves nothing marked as being sent. Calls run concurrently (capped); their outcomes go
+to a group-commit writer. What happens to an outcome is its kind's to say (OutcomeKind in models:
+retryable, proves_credentials, counts_toward_outage, status; vod.client.classify gives an answer its kind):
+retryable outcomes come back after an exponential backoff with full jitter. Until an answer proves the
+credentials work, one call at a time is in flight, so a wrong key costs a single call. A stop interrupts any
+wait (a slot, a free concurrency slot, the probe); a hard stop also abandons the calls in flight (left
+'sending', so in doubt). A watchdog renews the run's lease every second and stops the run when the state
+file is no longer the one open (deleted, replaced).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import math
@@ -64,6 +69,7 @@ class RunOptions:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     drain_s: float = 5.0  # on interrupt, how long calls in flight may still finish
+    watch_state_s: float = 1.0  # how often the state file's identity is checked and the run's lease renewed
     outage_after: int = 50  # this many answers in a row that are transient or lost: the service is down, stop
     # before the endpoint has answered anything at all, this many connection failures or lost answers in a
     # row stop the run: a wrong endpoint, a firewall or TLS interception, not a blip, so say so quickly
@@ -164,7 +170,7 @@ class _Run:
         self.tries: dict[str, int] = {}  # attempts this run made of each request now waiting for a retry
         self.stop_reason: StopReason | None = None
         self.wakeup = anyio.Event()
-        self.acquiring = anyio.CancelScope()  # a stop cuts a wait for a slot short (a shared quota may be away)
+        self.waiting: anyio.CancelScope | None = None  # the dispatcher's current wait, cancelled by stop()
         self.page: list[Row] = []
         self.after_seq = 0
         self.exhausted = False
@@ -181,7 +187,8 @@ class _Run:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.wakeup.set()
-        self.acquiring.cancel()
+        if self.waiting is not None:
+            self.waiting.cancel()
 
     async def _wait(self, timeout_s: float) -> None:
         self.wakeup = anyio.Event()
@@ -226,26 +233,57 @@ class _Run:
     async def dispatch(self, calls: anyio.abc.TaskGroup) -> None:
         slots = anyio.Semaphore(self.options.concurrency)
         while batch := await self.next_batch():
-            await self.writer.intent([row.key for row in batch])
-            for index, row in enumerate(batch):
-                await slots.acquire()
-                while not self.proven and self.in_flight > 0 and self.stop_reason is None:
-                    await self._wait(1.0)
-                if self.stop_reason is None:
-                    with anyio.CancelScope() as self.acquiring:
-                        try:
-                            await self.limiter.acquire()
-                        except QuotaUnavailable as exc:
-                            self.result.quota_error = str(exc)
-                            self.stop(StopReason.QUOTA)
-                if self.stop_reason is not None:
-                    slots.release()
-                    for unsent in batch[index:]:  # marked sending but never sent: back as they were
-                        self.writer.unsend(unsent.key, unsent.status)
+            for row in batch:
+                if not await self.admit(row, slots):
                     return
                 self.in_flight += 1
                 self.result.calls += 1
                 calls.start_soon(self.send, row, slots)
+
+    async def admit(self, row: Row, slots: anyio.Semaphore) -> bool:
+        """Wait for a free call slot, the probe's answer and the limiter's slot (any of it cut short by a stop),
+        then commit the intent; True when the call may start. A stop that comes while the intent is being
+        committed, or after, takes it back: nothing is ever left marked as sent that was not."""
+        committed = False
+        got_slot = False
+
+        async def intent() -> None:
+            nonlocal committed
+            try:
+                await self.writer.intent([row.key])
+            except BaseException:  # stopped while the intent was queued: take it back, in the same queue
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self.writer.unsend(row.key, row.status)
+                raise
+            committed = True
+
+        try:
+            with anyio.CancelScope() as self.waiting:
+                if self.stop_reason is None:
+                    await slots.acquire()
+                    got_slot = True
+                    while not self.proven and self.in_flight > 0 and self.stop_reason is None:
+                        await self._wait(1.0)
+                    if self.stop_reason is None:
+                        try:
+                            await self.limiter.acquire(before=intent)
+                        except QuotaUnavailable as exc:  # a shared quota away too long: stop for good
+                            self.result.quota_error = str(exc)
+                            self.stop(StopReason.QUOTA)
+        except BaseException:  # a hard stop cancels from outside: an intent just committed is taken back too
+            if committed:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self.writer.unsend(row.key, row.status)
+            raise
+        finally:
+            self.waiting = None
+        if self.stop_reason is None:
+            return True
+        if got_slot:
+            slots.release()
+        if committed:  # marked sending but never sent: back as it was
+            self.writer.unsend(row.key, row.status)
+        return False
 
     async def send(self, row: Row, slots: anyio.Semaphore) -> None:
         try:
@@ -340,12 +378,14 @@ async def run_batch(
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     stop: anyio.Event | None = None,
+    hard_stop: anyio.Event | None = None,
     more_coming: Callable[[], bool] = lambda: False,
 ) -> RunResult:
     """Send everything the state has pending (and whatever an ingest still running adds, while
     ``more_coming()``). ``on_outcome(key, outcome)`` hears of every attempt as it comes back. Set ``stop`` to
     finish early (Ctrl-C): no new calls start, calls in flight get ``drain_s`` to finish, and anything still
-    unanswered is left 'sending' for State.recover()."""
+    unanswered is left 'sending' for State.recover(). Set ``hard_stop`` too (a second Ctrl-C) to abandon the
+    calls in flight at once. Raises StateError when the state file is deleted or replaced under the run."""
     run = _Run(state, sender, limiter, options, on_outcome, clock, rng or random.Random(), more_coming)
     run.initial_work = sum(state.counts()[s] for s in run.statuses)
     started = clock()
@@ -362,8 +402,29 @@ async def run_batch(
                     return
                 run.stop(StopReason.MAX_DURATION)
 
+        side = [anyio.CancelScope(), anyio.CancelScope()]  # the state watchdog and the hard stop, while calls may start
+        calls_scope: list[anyio.CancelScope] = []
+
+        async def watch_state() -> None:
+            # Without this a slow run would notice a deleted state file only at its next write, maybe
+            # minutes away; meanwhile its lease says it is alive.
+            with side[0]:
+                while True:
+                    await anyio.sleep(options.watch_state_s)
+                    await anyio.to_thread.run_sync(state.renew if state.locked else state.check_identity)
+
+        async def abandon() -> None:
+            with side[1]:
+                await (hard_stop.wait() if hard_stop is not None else anyio.sleep_forever())
+                run.stop(StopReason.INTERRUPTED)
+                for scope in calls_scope:
+                    scope.cancel()  # what is in flight stays 'sending': in doubt
+
         outer.start_soon(watch)
+        outer.start_soon(watch_state)
+        outer.start_soon(abandon)
         async with run.writer.send, anyio.create_task_group() as calls:
+            calls_scope.append(calls.cancel_scope)
             await run.dispatch(calls)
             if run.stop_reason == StopReason.INTERRUPTED:
                 with anyio.move_on_after(options.drain_s):
@@ -371,6 +432,8 @@ async def run_batch(
                         await run._wait(1.0)
                 calls.cancel_scope.cancel()
         watcher.cancel()
+        for scope in side:
+            scope.cancel()
     result = run.result
     result.stop_reason = run.stop_reason or (StopReason.MAX_REQUESTS if run.limit_reached else None)
     result.elapsed_s = clock() - started

@@ -111,8 +111,12 @@ class RunEvents:
     def progress(self, progress: Progress) -> None:
         """Every ``progress_every_s`` while the run goes."""
 
-    def stopping(self, signal_name: str) -> None:
-        """A signal (SIGINT, SIGTERM) asked the run to stop: no new calls start."""
+    def stopping(self, signal_name: str, drain_s: float) -> None:
+        """A signal (SIGINT, SIGTERM) asked the run to stop: no new calls start; those in flight get
+        ``drain_s`` to finish."""
+
+    def abandoning(self, signal_name: str) -> None:
+        """A second signal: the run stops at once; the calls in flight are left in doubt."""
 
 
 @dataclass(frozen=True)
@@ -143,18 +147,20 @@ def run_manifest(
 ) -> Finished:
     """Send ``manifest``'s requests that ``state_path`` does not record as done, at most ``qps`` calls a
     second, until done or stopped. Raises LockedError when another run holds the state, StateError when it
-    cannot be used, ListingError when a search job cannot be listed. ``credentials``: a fixed key, or a
-    provider (vod.providers) that renews STS credentials ahead of expiry while the run goes. ``pacing``: how
-    the key's quota is shared and where learned margins are kept (default: this run alone, nothing kept).
-    Search jobs are listed through SearchMedia at ``search_qps`` unless their lists are frozen in the state
-    (``relist`` lists them again). With ``handle_signals`` (and in the main thread), SIGINT and SIGTERM stop
-    the run cleanly. ``prepare(state)`` runs on the locked, recovered state before anything is sent (the CLI
+    cannot be used (another batch's, or deleted or replaced while the run goes), ListingError when a search
+    job cannot be listed. ``credentials``: a fixed key, or a provider (vod.providers) that renews STS
+    credentials ahead of expiry while the run goes. ``pacing``: how the key's quota is shared and where
+    learned margins are kept (default: this run alone, nothing kept). Search jobs are listed through
+    SearchMedia at ``search_qps`` unless their lists are frozen in the state (``relist`` lists them again).
+    With ``handle_signals`` (and in the main thread), SIGINT and SIGTERM stop the run cleanly (a second one
+    at once). ``prepare(state)`` runs on the locked, recovered state before anything is sent (the CLI
     brings the receiver's completion events in there)."""
     events = events or RunEvents()
     pacing = pacing or Pacing("off")
     state = State(state_path)
     try:
         state.lock(time.time())
+        state.check_batch(manifest.batch)
         recovered = state.recover()
         if prepare is not None:
             prepare(state)
@@ -289,17 +295,23 @@ class _Session:
                 )
             )
 
-    async def signals(self, stop: anyio.Event) -> None:
+    async def signals(self, stop: anyio.Event, hard_stop: anyio.Event) -> None:
+        # The receiver stays open for the whole run: a second signal must stop at once, not raise
+        # KeyboardInterrupt through whatever happens to be running.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             async for signum in received:
-                self.events.stopping(signal.Signals(signum).name)
-                stop.set()
-                return
+                name = signal.Signals(signum).name
+                if not stop.is_set():
+                    self.events.stopping(name, self.options.drain_s)
+                    stop.set()
+                else:
+                    self.events.abandoning(name)
+                    hard_stop.set()
 
 
 async def _run(make_session: Callable[[], _Session], progress_every_s: float, handle_signals: bool) -> RunResult:
     session = make_session()  # in the event loop: it holds anyio events
-    stop = anyio.Event()
+    stop, hard_stop = anyio.Event(), anyio.Event()
     pacing, owner = session.pacing, account_key(session.credentials)
     # a run alone (pacing "off", or nowhere to keep anything) neither learns nor starts from a learned margin
     margins = MarginStore(pacing.cache, session.endpoint, owner) if pacing.cache is not None else None
@@ -323,7 +335,7 @@ async def _run(make_session: Callable[[], _Session], progress_every_s: float, ha
         anyio.create_task_group() as tg,
     ):
         if handle_signals and threading.current_thread() is threading.main_thread():
-            tg.start_soon(session.signals, stop)
+            tg.start_soon(session.signals, stop, hard_stop)
         tg.start_soon(session.progress, progress_every_s, time.monotonic)
         tg.start_soon(session.ingest, client)
         if not isinstance(session.credentials, Credentials):
@@ -335,6 +347,7 @@ async def _run(make_session: Callable[[], _Session], progress_every_s: float, ha
             session.options,
             on_outcome=session.outcome,
             stop=stop,
+            hard_stop=hard_stop,
             more_coming=lambda: not session.ingested.is_set(),
         )
         session.abandon.set()  # an unfinished ingest commits as it goes and is redone next time

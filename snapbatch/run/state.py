@@ -8,6 +8,11 @@ The schema lives here and only here. ``PRAGMA user_version`` is its version: 0 i
 tables (``_SCHEMA``), and ``MIGRATIONS[n]`` takes a file from version n to n + 1, each in one transaction,
 so a state file written by an older snapbatch is upgraded in place when it is opened, and one written by
 a newer snapbatch is refused rather than misread.
+
+One run at a time is tied to the file's identity, not to a path: the run lock is an flock on the database
+file itself (any path to it, a symlink or another relative path, meets the same lock, and there is no
+separate lock file to delete), and a run lease inside the database names the holder, which a second run
+checks too. A run notices when the file at its path is no longer the one it has open (deleted, replaced).
 """
 
 from __future__ import annotations
@@ -15,21 +20,23 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
-from snapbatch.errors import LockedError, StateError
+from snapbatch.errors import LockedError, StateError, echo
 from snapbatch.models import ACCEPTED, Outcome, Request, RequestStatus, tagged
 
 __all__ = [
     "COMPLETIONS",
+    "LEASE_EXPIRY_S",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Change",
@@ -42,6 +49,9 @@ __all__ = [
     "default_state_path",
 ]
 
+LEASE_EXPIRY_S = 60.0  # a lease not renewed for this long is a dead run's, wherever it ran
+_LOCK_RETRY_S = 1.0  # a lock held only for a moment (status probing it) is waited for this long
+_TABLES = {"meta", "variants", "requests"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS variants (id INTEGER PRIMARY KEY, params TEXT NOT NULL UNIQUE);
@@ -167,24 +177,57 @@ class Completion:
 class State:
     """One open state file. Methods are blocking and thread-safe; call them through a worker thread."""
 
-    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Any = time.time, create: bool = True) -> None:
+        """Open (with ``create``, make) the state file at ``path``. Without ``create`` (status, report) the
+        file must already be a snapbatch state file, and nothing is written to it."""
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._lock_file: IO[str] | None = None
+        self._fd: int | None = None  # the database file itself, opened once: its identity and its run lock
+        self._locked = False
+        self._lease_token: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            # One name for the file whatever path was given (a symlink, ../x): SQLite names its WAL after it.
+            real = path.resolve()
+            if real.exists() and not real.is_file():
+                raise StateError(
+                    f"the state file {path} is not a regular file (a directory, FIFO or device); give a file path"
+                )
+            target = str(real) if create else f"file:{_uri_path(real)}?mode=rw"
+            self.db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=not create)
             self.db.execute("PRAGMA busy_timeout=5000")
+            if create:
+                self.db.execute("PRAGMA journal_mode=WAL")
+            else:  # never turn a file that is not a state file into one
+                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not tables >= _TABLES:
+                    self.db.close()
+                    raise StateError(
+                        f"{path} is not a snapbatch state file (it has no {', '.join(sorted(_TABLES - tables))} "
+                        "table); give the --state of a batch"
+                    )
             self._migrate()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+            opened = os.fstat(self._fd)
+            self.identity = (opened.st_dev, opened.st_ino)
+            if opened.st_nlink > 1:
+                raise StateError(
+                    f"the state file {path} has {opened.st_nlink} hard links; SQLite keeps its journal beside the "
+                    "name it is opened by, so two names for one state file can corrupt it: remove the other links"
+                )
             # Reads (progress, status, the next page of work) get a connection of their own: in WAL mode they
             # never wait for the writer, and a long count never holds up an intent before a due call.
-            self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.reader = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=not create)
             self.reader.execute("PRAGMA busy_timeout=5000")
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, StateError) as exc:
+            if self._fd is not None:
+                os.close(self._fd)
+            if isinstance(exc, StateError):
+                raise
             raise StateError(
                 f"cannot open the state file {path}: {exc}; check the path, its permissions, free disk space, "
                 "and that the disk is not read-only"
@@ -218,60 +261,143 @@ class State:
 
     # -- locking --------------------------------------------------------------------------------------
 
-    @property
-    def lock_path(self) -> Path:
-        """The file a run holds locked (flock) while it runs, with its pid, host and start time."""
-        return self.path.with_suffix(self.path.suffix + ".lock")
-
     def lock(self, started: float) -> None:
-        """Take the run lock, or raise LockedError naming the holder. A dead holder's lock is free."""
-        handle = self.lock_path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
+        """Take the run lock, or raise LockedError naming the holder. A dead holder's lock is free.
+
+        The lock is an flock on the open database file, so every path to it meets it; the lease written into
+        the database then names this run, and a lease of a run still alive refuses the lock even where flock
+        would not (a file system that does not share flocks between hosts)."""
+        assert self._fd is not None
+        deadline = time.monotonic() + _LOCK_RETRY_S
+        while True:
             try:
-                holder = json.loads(handle.read() or "{}")
-            except ValueError:
-                holder = {}
-            handle.close()
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-            raise LockedError(
-                f"another run holds {self.path} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                f"started {since}); wait for it to finish, or check it with `snapbatch status`",
-                holder,
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}))
-        handle.flush()
-        self._lock_file = handle
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                lease = self.lease()
+                if (lease is not None and _alive(lease, self.clock())) or time.monotonic() > deadline:
+                    raise self._locked_error(lease) from None
+                time.sleep(0.05)  # held for a moment only: `status` probing whether a run is alive
+        self._locked = True
+        lease = self.lease()
+        if lease is not None and _alive(lease, self.clock()):
+            self.unlock()
+            raise self._locked_error(lease)
+        self._lease_token = secrets.token_hex(8)
+        lease = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": started,
+            "renewed": self.clock(),
+            "token": self._lease_token,
+        }
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('lease', ?)", (json.dumps(lease),))
+
+    @property
+    def locked(self) -> bool:
+        """Whether this State holds the run lock."""
+        return self._locked
+
+    def renew(self) -> None:
+        """Say this run is still alive (its lease's time), and check that the file is still the one open."""
+        self.check_identity()
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'lease'").fetchone()
+            lease = _parse_lease(row[0] if row else None)
+            if lease is None or lease.get("token") != self._lease_token:
+                raise StateError(
+                    f"the run lease in {self.path} was taken over by another process; stopping so that two runs "
+                    "never send the same batch"
+                )
+            lease["renewed"] = self.clock()
+            db.execute("UPDATE meta SET value = ? WHERE name = 'lease'", (json.dumps(lease),))
+
+    def unlock(self) -> None:
+        if self._fd is not None and self._locked:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._locked = False
+
+    def _locked_error(self, lease: dict[str, Any] | None) -> LockedError:
+        holder = lease or {}
+        try:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
+        except (OverflowError, ValueError, OSError, TypeError):
+            since = "?"
+        return LockedError(
+            f"another run holds {self.path} (pid {holder.get('pid', '?')} on {echo(holder.get('host', '?'))[1:-1]}, "
+            f"started {since}); wait for it to finish, or check it with `snapbatch status`",
+            holder,
+        )
+
+    def lease(self) -> dict[str, Any] | None:
+        """The run lease recorded in the database (a holder's pid, host, start and last renewal), or None."""
+        return _parse_lease(self.meta("lease"))
 
     def holder(self) -> dict[str, Any] | None:
-        """Who holds the run lock now, or None."""
-        if not self.lock_path.exists():
+        """Who holds the run lock now, or None: the lease, if the database file is locked by its run."""
+        lease = self.lease()
+        if lease is None or self._fd is None:
             return None
-        with self.lock_path.open("a+", encoding="utf-8") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                try:
-                    result: dict[str, Any] = json.loads(handle.read() or "{}")
-                    return result
-                except ValueError:
-                    return {}
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return None
+        if self._locked:
+            return lease
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lease
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        # unlocked: no run is alive here; a lease of another host's run still renewed says otherwise
+        return lease if lease.get("host") != socket.gethostname() and _alive(lease, self.clock()) else None
+
+    def vanished(self) -> str | None:
+        """What happened to the file at our path if it is no longer the database this State has open
+        (deleted, renamed away, replaced), else None."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted (or moved away)"
+        except OSError as exc:
+            return f"can no longer be checked ({exc.strerror or exc})"
+        if (now.st_dev, now.st_ino) != self.identity:
+            return "was replaced by another file"
+        return None
+
+    def check_identity(self) -> None:
+        """StateError when the file at our path is not the database open here: writing on would record the
+        batch in a file nobody will ever read again."""
+        what = self.vanished()
+        if what is not None:
+            raise StateError(
+                f"the state file {self.path} {what} while this run was using it; stopped sending so that no "
+                "JobId is recorded only in a lost file. Requests sent since are in doubt; restore the file or "
+                "start again (a new state file resends everything)"
+            )
+
+    def check_batch(self, batch: str) -> None:
+        """StateError when the file records another batch: its counts and rows are not this manifest's."""
+        stored = self.meta("batch")
+        if stored is not None and stored != batch:
+            raise StateError(f"{self.path} belongs to batch {echo(stored)}, not {echo(batch)}; give another --state")
 
     def close(self) -> None:
+        if self._lease_token is not None:
+            try:  # the lease goes with the lock; a file gone or read-only keeps a lease that is dead anyway
+                with self._tx() as db:
+                    db.execute(
+                        "DELETE FROM meta WHERE name = 'lease' AND json_extract(value, '$.token') = ?",
+                        (self._lease_token,),
+                    )
+            except StateError:
+                pass
+            self._lease_token = None
         with self._read_lock:
             self.reader.close()
         with self._lock:
             self.db.close()
-            if self._lock_file is not None:
-                self._lock_file.close()
-                self._lock_file = None
+            self.unlock()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -282,6 +408,8 @@ class State:
                 self.db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.db
+                    if self._locked:
+                        self.check_identity()
                 except BaseException:
                     self.db.execute("ROLLBACK")
                     raise
@@ -293,8 +421,11 @@ class State:
                 ) from None
 
     def meta(self, name: str) -> str | None:
-        with self._read_lock:
-            row = self.reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        try:
+            with self._read_lock:
+                row = self.reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the state file {self.path}: {exc}; check that it is intact") from None
         return None if row is None else str(row[0])
 
     def recover(self) -> int:
@@ -316,7 +447,7 @@ class State:
         already in while the rest comes in; the fingerprint is stored last, so an interrupted ingest is
         redone next time."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path.resolve(), isolation_level=None)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
         except sqlite3.Error as exc:
@@ -339,9 +470,9 @@ class State:
         batch: str,
         abandon: threading.Event,
     ) -> tuple[int, int]:
-        stored = db.execute("SELECT value FROM meta WHERE name = 'batch'").fetchone()
-        if stored is not None and stored[0] != batch:
-            raise StateError(f"{self.path} belongs to batch {stored[0]!r}, not {batch!r}; give another --state")
+        self.check_batch(batch)
+        if self._locked:
+            self.check_identity()
         now = self.clock()
         row = db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
         generation = int(row[0]) + 1 if row else 1
@@ -382,6 +513,8 @@ class State:
                 )
             )
             if len(rows) >= 5000:
+                if self._locked:
+                    self.check_identity()
                 self._insert(db, rows)
                 rows = []
                 if abandon.is_set():  # the run is over; the fingerprint stays unset, so the next run redoes this
@@ -473,8 +606,11 @@ class State:
             ).fetchall()
         return [self._row(raw) for raw in raws]
 
-    def rows(self, statuses: tuple[str, ...] | None = None) -> Iterator[Row]:
-        """Every request (or those with the given statuses), in manifest order, streamed in chunks."""
+    def rows(self, statuses: tuple[str, ...] | None = None, *, sending_in_doubt: bool = False) -> Iterator[Row]:
+        """Every request (or those with the given statuses), in manifest order, streamed in chunks. With
+        ``sending_in_doubt`` (no run is alive) a 'sending' row is shown as what it is: in doubt."""
+        if statuses and sending_in_doubt and "in_doubt" in statuses:
+            statuses = (*statuses, RequestStatus.SENDING)
         last = -1
         while True:
             where = "r.seq > ?"
@@ -487,8 +623,42 @@ class State:
             if not raws:
                 return
             for raw in raws:
-                yield self._row(raw)
+                row = self._row(raw)
+                if sending_in_doubt and row.status == RequestStatus.SENDING:
+                    row = replace(row, status=RequestStatus.IN_DOUBT)
+                if statuses is None or row.status in statuses:
+                    yield row
             last = raws[-1][1]
+
+    def compare(self, keys: Iterable[str]) -> dict[str, int]:
+        """Counts as the next run will see them, for a manifest that names ``keys``: each status among the
+        keys already recorded, new keys as pending ('new' too), recorded keys it no longer names as
+        'not_in_manifest', and of those the ones the last run still had as 'dropped'."""
+        generation = int(self.meta("generation") or 0)
+        with self._read_lock:
+            db = self.reader
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (key TEXT PRIMARY KEY)")
+            try:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR IGNORE INTO temp.wanted(key) VALUES (?)", ((k,) for k in keys))
+                found = dict(
+                    db.execute(
+                        "SELECT r.status, COUNT(*) FROM temp.wanted w JOIN requests r ON r.key = w.key GROUP BY 1"
+                    ).fetchall()
+                )
+                total = db.execute("SELECT COUNT(*) FROM temp.wanted").fetchone()[0]
+                stale, dropped = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(generation = ?), 0) FROM requests "
+                    "WHERE key NOT IN (SELECT key FROM temp.wanted)",
+                    (generation,),
+                ).fetchone()
+            finally:
+                db.execute("ROLLBACK")
+        result = {s.value: int(found.get(s, 0)) for s in RequestStatus}
+        new = int(total) - sum(result.values())
+        result["pending"] += new
+        result.update(not_in_manifest=int(stale), new=new, dropped=int(dropped))
+        return result
 
     def counts(self) -> dict[str, int]:
         generation = int(self.meta("generation") or 0)
@@ -658,3 +828,42 @@ class State:
             "last_completed_at": latest,
             "failure_codes": [(str(c), int(n)) for c, n in codes],
         }
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path.absolute()))
+
+
+def _parse_lease(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        lease = json.loads(text)
+    except ValueError:
+        return {}
+    return lease if isinstance(lease, dict) else {}
+
+
+def _alive(lease: dict[str, Any], now: float) -> bool:
+    """Whether the run that wrote ``lease`` may still be going: renewed lately and, on this host, its
+    process still there (a killed run's lease is free at once, whatever its age)."""
+    try:
+        fresh = now - float(lease.get("renewed", 0)) < LEASE_EXPIRY_S
+        pid = int(lease.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if not fresh:
+        return False
+    if lease.get("host") != socket.gethostname():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

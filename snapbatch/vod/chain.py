@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from snapbatch.errors import CredentialsError
-from snapbatch.vod.credentials import Credentials, _from_cli_config, _from_ini, find_credentials, ini_path
+from snapbatch.vod.credentials import Credentials, _from_cli_config, _from_ini, checked, find_credentials, ini_path
 from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials, redact
 
 __all__ = ["INSTALL", "Source", "chain_sources", "find_provider", "library", "sts_endpoint"]
@@ -170,7 +170,7 @@ def _how() -> str:
 
 
 def _static(credentials: Credentials) -> Source:
-    return Source("static", credentials.source, static=credentials)
+    return Source("static", credentials.source, static=checked(credentials))
 
 
 def _session_name(env: Mapping[str, str], given: object) -> str:
@@ -197,7 +197,7 @@ def _oidc_from_env(env: Mapping[str, str]) -> Source:
 def _read_cli_config(path: Path) -> dict[str, Any] | None:
     """The CLI's configuration when it reads as one; anything else is left to ``_from_cli_config``'s errors."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
@@ -290,7 +290,7 @@ def _from_profile(
 def _ini_default(path: Path) -> dict[str, str] | None:
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        if not parser.read(path, encoding="utf-8") or not parser.has_section("default"):
+        if not parser.read(path, encoding="utf-8-sig") or not parser.has_section("default"):
             return None
     except (configparser.Error, UnicodeDecodeError):
         return None  # _from_ini says what is wrong

@@ -10,10 +10,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from snapbatch.errors import CredentialsError
 
-__all__ = ["Credentials", "find_credentials", "ini_path"]
+__all__ = ["Credentials", "checked", "find_credentials", "ini_path"]
 
 _HOW = (
     "give an AccessKey in one of three ways: (1) ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
@@ -50,15 +51,15 @@ def find_credentials(env: Mapping[str, str], home: Path, profile: str | None = N
         if not (key_id and secret):
             missing = "ALIBABA_CLOUD_ACCESS_KEY_SECRET" if key_id else "ALIBABA_CLOUD_ACCESS_KEY_ID"
             raise CredentialsError(f"{missing} is not set but its partner is; set both")
-        return Credentials(key_id, secret, env.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None, "environment")
+        return checked(Credentials(key_id, secret, env.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None, "environment"))
     found = _from_cli_config(home / ".aliyun" / "config.json", profile or env.get("ALIBABA_CLOUD_PROFILE"))
     if found is not None:
-        return found
+        return checked(found)
     if profile:
         raise CredentialsError(f"no aliyun CLI profile {profile!r} in {home / '.aliyun' / 'config.json'}")
     found = _from_ini(ini_path(env, home))
     if found is not None:
-        return found
+        return checked(found)
     raise CredentialsError(f"no Alibaba Cloud credentials found; {_HOW}")
 
 
@@ -69,16 +70,11 @@ def ini_path(env: Mapping[str, str], home: Path) -> Path:
 
 
 def _from_cli_config(path: Path, wanted: str | None) -> Credentials | None:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    config = _read_cli_config(path)
+    if config is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise CredentialsError(f"cannot read {path}: {type(exc).__name__}; fix or remove it") from None
-    if not isinstance(config, dict):
-        raise CredentialsError(f"{path} is not an aliyun CLI configuration (expected a JSON object)")
     name = wanted or config.get("current") or "default"
-    profiles = [p for p in config.get("profiles", []) if isinstance(p, dict)]
+    profiles = config.get("profiles", [])
     chosen = next((p for p in profiles if p.get("name") == name), None)
     if chosen is None:
         if wanted:
@@ -104,11 +100,8 @@ def _from_cli_config(path: Path, wanted: str | None) -> Credentials | None:
 
 def _from_ini(path: Path) -> Credentials | None:
     parser = configparser.ConfigParser(interpolation=None)
-    try:
-        if not parser.read(path, encoding="utf-8"):
-            return None
-    except (configparser.Error, UnicodeDecodeError):
-        raise CredentialsError(f"cannot parse {path}; it should be an INI file with a [default] section") from None
+    if not _read_ini(parser, path):
+        return None
     if not parser.has_section("default"):
         return None
     section = parser["default"]
@@ -122,3 +115,90 @@ def _from_ini(path: Path) -> Credentials | None:
     if not key_id or not secret:
         raise CredentialsError(f"[default] in {path} needs access_key_id and access_key_secret")
     return Credentials(key_id, secret, None, f"{path} [default]")
+
+
+# -- what is read must have the shape it should: every message names the file and what is wrong, never a value --
+
+
+def checked(creds: Credentials) -> Credentials:
+    """``creds`` unchanged, or CredentialsError naming the source and the field when a value holds whitespace
+    or a character no AccessKey has (a pasted trailing space or newline would make every signature wrong)."""
+    for field, value in (
+        ("AccessKeyId", creds.access_key_id),
+        ("AccessKey secret", creds.access_key_secret),
+        ("security token", creds.security_token),
+    ):
+        if value is None:
+            continue
+        bad = next((i for i, c in enumerate(value) if c.isspace() or not c.isprintable() or not c.isascii()), None)
+        if bad is not None:
+            what = "whitespace" if value[bad].isspace() else "a character that is not printable ASCII"
+            where = "at its end" if bad == len(value) - 1 else "at its start" if bad == 0 else f"at position {bad + 1}"
+            raise CredentialsError(
+                f"the {field} from {creds.source} contains {what} ({where}); no AccessKey does, so it was probably "
+                "pasted with extra characters: remove them"
+            )
+    return creds
+
+
+def _read_cli_config(path: Path) -> dict[str, Any] | None:
+    """The aliyun CLI's config.json (a UTF-8 BOM is fine), checked for the shape snapbatch reads; None if absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or remove it") from None
+    try:
+        config = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{path} is not UTF-8 text; save it as UTF-8 or run `aliyun configure` again") from None
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; fix it or run "
+            "`aliyun configure` again"
+        ) from None
+    if not isinstance(config, dict):
+        raise CredentialsError(f"{path} is not an aliyun CLI configuration: expected a JSON object at the top")
+    problems = []
+    if not isinstance(config.get("current", ""), str):
+        problems.append("`current` must be text")
+    profiles = config.get("profiles", [])
+    if not isinstance(profiles, list):
+        problems.append("`profiles` must be a list")
+    else:
+        for i, profile in enumerate(profiles):
+            if not isinstance(profile, dict):
+                problems.append(f"profiles[{i}] must be an object")
+                continue
+            for key in ("name", "mode", "access_key_id", "access_key_secret", "sts_token"):
+                if profile.get(key) is not None and not isinstance(profile[key], str):
+                    problems.append(f"profiles[{i}].{key} must be text, not {type(profile[key]).__name__}")
+    if problems:
+        raise CredentialsError(f"{path} is not shaped as the aliyun CLI writes it: {'; '.join(problems)}")
+    return config
+
+
+def _read_ini(parser: configparser.ConfigParser, path: Path) -> bool:
+    """Read credentials.ini into ``parser`` (a UTF-8 BOM is fine); False if absent. Errors name the line, not
+    its text, which may hold a secret."""
+    try:
+        return bool(parser.read(path, encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise CredentialsError(
+            f"{path} line {exc.lineno}: a setting before any [section]; start with [default]"
+        ) from None
+    except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as exc:
+        what = (
+            f"option {exc.option!r} in [{exc.section}]"
+            if isinstance(exc, configparser.DuplicateOptionError)
+            else (f"section [{exc.section}]")
+        )
+        raise CredentialsError(f"{path} line {exc.lineno}: {what} appears twice; keep one") from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(number) for number, _ in exc.errors)
+        raise CredentialsError(f"{path} line {lines}: not `name = value`; fix the line") from None
+    except configparser.Error:
+        raise CredentialsError(f"cannot parse {path}; it should be an INI file with a [default] section") from None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
-from snapbatch.errors import UsageError
+from snapbatch.errors import UsageError, echo
 from snapbatch.models import DEFAULT_REGION
 
-__all__ = ["LOOPBACK_HOSTS", "check_url", "resolve_endpoint", "resolve_region"]
+__all__ = ["LOOPBACK_HOSTS", "check_url", "is_loopback", "resolve_endpoint", "resolve_region", "url_problem"]
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _REGION_ALIASES = {"cn-hangzhou": "cn-shanghai"}  # VOD has no cn-hangzhou region of its own
@@ -43,16 +44,61 @@ def resolve_endpoint(cli_endpoint: str | None, manifest_endpoint: str | None, re
 
 
 def check_url(url: str) -> None:
-    """Refuse what would leak credentials or cannot work: plain http to anything but loopback."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"endpoint {url!r} is not an http(s) URL; give e.g. https://vod.cn-shanghai.aliyuncs.com")
-    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS and not parts.hostname.startswith("127."):
+    """Refuse what would leak credentials or cannot work: a malformed URL, a bad port, a path, and plain http
+    to anything but a loopback address."""
+    problem = url_problem(url)
+    if problem is not None:
+        raise UsageError(f"endpoint {echo(url)} {problem}; give e.g. https://vod.cn-shanghai.aliyuncs.com")
+    host = urlsplit(url).hostname or ""
+    if urlsplit(url).scheme == "http" and not is_loopback(host):
         raise UsageError(
-            f"endpoint {url!r} uses plain http:// to a remote host, which would send signed requests in the clear; "
-            "use https:// (plain http is allowed only to loopback, for the emulator)"
+            f"endpoint {echo(url)} uses plain http:// to a remote host (not a loopback address), which would send "
+            "signed requests in the clear; use https:// (plain http is allowed only to 127.0.0.0/8, ::1 or "
+            "localhost, for the emulator)"
         )
-    if parts.path not in ("", "/"):
+    if urlsplit(url).path not in ("", "/"):
         raise UsageError(
-            f"endpoint {url!r} has a path; VOD answers at the root, e.g. https://vod.cn-shanghai.aliyuncs.com"
+            f"endpoint {echo(url)} has a path; VOD answers at the root, e.g. https://vod.cn-shanghai.aliyuncs.com"
         )
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as an http(s) URL (no host, a bad port, spaces, control characters, a user
+    name), or None. Says nothing about where it points."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number or out of range
+        host = parts.hostname
+    except ValueError as exc:
+        return f"is not a well-formed URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not host:
+        return "has no host"
+    if port == 0 or (parts.netloc.endswith(":") and port is None):
+        return "has an empty or zero port (a port is 1-65535, or left out)"
+    if "@" in parts.netloc:
+        return "carries a user name or password, which would be sent to the host; remove it"
+    if host.startswith("[") or not _HOST.fullmatch(host):
+        return f"has a malformed host {echo(host)}"
+    return None
+
+
+# a DNS name (letters, digits, hyphens, dots, underscores, and non-ASCII for IDNs) or an IP address literal
+_HOST = re.compile(r"[^\x00-\x2c/:;<=>?@\[\\\]^`{|}~\x7f]+|[0-9a-fA-F:.]+(%[^\]]+)?")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1, or ::ffff:127.x.y.z), judged on the parsed IP,
+    never on how its text starts. ``localhost`` is the one name accepted (reserved for loopback by RFC 6761)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
