@@ -10,16 +10,20 @@ from typing import Any
 import pytest
 
 from snapbatch.emulator import EmulatorConfig
+from snapbatch.emulator.catalogue import Catalogue
 from snapbatch.errors import LockedError
 from snapbatch.manifest.load import load_manifest
 from snapbatch.models import Outcome, OutcomeKind, RequestStatus
+from snapbatch.run.listings import ListingInfo
 from snapbatch.run.runner import RunOptions, StopReason
 from snapbatch.run.session import RunEvents, run_manifest
 from snapbatch.run.state import State
 from snapbatch.vod.credentials import Credentials
 from tests.conftest import ROOT
 from tests.emulated import AK_ID, AK_SECRET, running
+from tests.test_exchange_failures import KEEP, scripted
 from tests.test_run import _manifest
+from tests.test_search import _search_manifest
 
 
 class _Recorder(RunEvents):
@@ -34,6 +38,12 @@ class _Recorder(RunEvents):
 
     def outcome(self, key: str, outcome: Outcome) -> None:
         self.seen.append(("outcome", outcome.kind))
+
+    def listed(self, info: ListingInfo, fresh: bool) -> None:
+        self.seen.append(("listed", (info.job, info.listed, fresh)))
+
+    def pacing(self, quota: str, margin_s: float | None) -> None:
+        self.seen.append(("pacing", quota))
 
 
 def test_a_library_caller_gets_the_whole_run(tmp_path: Path) -> None:
@@ -59,6 +69,50 @@ def test_a_library_caller_gets_the_whole_run(tmp_path: Path) -> None:
     assert ("ingested", (6, 6)) in events.seen
     kinds = [what for name, what in events.seen if name == "outcome"]
     assert sorted(kinds) == sorted([OutcomeKind.ACCEPTED] * 5 + [OutcomeKind.FAILED])
+
+
+def test_a_library_caller_gets_search_listings_and_a_wrong_endpoint_stop(tmp_path: Path) -> None:
+    """A search job is listed before sending and reported through ``listed`` (fresh, then frozen on the next
+    run); nothing paces shared by default; an endpoint that answers with a redirect stops the run as
+    WRONG_ENDPOINT with the requests left pending and nothing recorded as sent."""
+    catalogue = Catalogue()
+    for i in range(3):
+        catalogue.add({"VideoId": f"found{i:027d}", "CateId": 7, "CreationTime": "2026-01-01T00:00:00Z"})
+    manifest = load_manifest(_search_manifest(tmp_path, "CateId = 7", ["listed-video-1"]), {})
+    state_path = tmp_path / "s.sqlite3"
+    events = [_Recorder(), _Recorder()]
+    with running(EmulatorConfig(qps=1000, catalogue=catalogue)) as emu:
+        for recorder in events:
+            finished = run_manifest(
+                manifest,
+                state_path,
+                emu.url,
+                Credentials(AK_ID, AK_SECRET),
+                qps=200,
+                options=RunOptions(),
+                events=recorder,
+                handle_signals=False,
+            )
+            assert finished.result.stop_reason is None and finished.unfinished_listings == ()
+    assert ("listed", ("found", 3, True)) in events[0].seen and ("listed", ("found", 3, False)) in events[1].seen
+    assert not any(name == "pacing" for recorder in events for name, _ in recorder.seen)
+    assert finished.counts["submitted"] == 4
+
+    manifest = load_manifest(_manifest(tmp_path, 2), {})
+    moved = b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://vod.elsewhere.example/\r\nContent-Length: 0\r\n\r\n"
+    with scripted(moved, KEEP) as served:
+        finished = run_manifest(
+            manifest,
+            tmp_path / "r.sqlite3",
+            served.url,
+            Credentials(AK_ID, AK_SECRET),
+            qps=10,
+            options=RunOptions(),
+            handle_signals=False,
+        )
+    assert finished.result.stop_reason == StopReason.WRONG_ENDPOINT
+    assert finished.result.last_error is not None and finished.result.last_error.kind == OutcomeKind.WRONG_ENDPOINT
+    assert (finished.counts["pending"], finished.counts["sending"], finished.counts["submitted"]) == (2, 0, 0)
 
 
 def test_a_locked_state_raises_locked_error(tmp_path: Path) -> None:
