@@ -155,6 +155,9 @@ def test_paging_limits(catalogue: Catalogue) -> None:
         ("CreationTime = 'x'", 13, "takes a range"),
         ("CateId = 'abc'", 10, "whole number"),
         ("(CateId = 1 and Status = 'Normal' or CateId = 2)", 34, "mixing"),
+        ("CreationTime = ('2026-02-30T00:00:00Z','2027-01-01T00:00:00Z')", 17, "not a real time"),
+        ("CreationTime = ('2026-13-01T00:00:00Z','2027-01-01T00:00:00Z')", 17, "not a real time"),
+        ("CreationTime = ['2026-01-01T00:00:00Z','2026-01-01T00:00:00Z')", 15, "range is empty"),
     ],
 )
 def test_match_errors_point_at_the_offending_character(text: str, offset: int, words: str) -> None:

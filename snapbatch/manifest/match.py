@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 __all__ = [
     "FIELDS",
@@ -223,9 +224,15 @@ class _Parser:
         closing = self.take()
         if closing.text not in (")", "]"):
             raise MatchError(closing.at, f"expected ) or ] closing the range, found {_show(closing)}")
+        closed = (opening.text == "[", closing.text == "]")
         if high < low:
             raise MatchError(opening.at, f"the range is empty: {low} comes after {high}")
-        return Condition(field, "range", (low, high), (opening.text == "[", closing.text == "]"))
+        if high == low and closed != (True, True):
+            # equal bounds hold a time only when both are closed: [t,t]
+            raise MatchError(
+                opening.at, f"the range is empty: both bounds are {low} and one is open; use [{low!r},{low!r}]"
+            )
+        return Condition(field, "range", (low, high), closed)
 
     def value(self, field: str) -> str:
         tok = self.take()
@@ -244,9 +251,19 @@ class _Parser:
             raise MatchError(at, f"{text!r} is not a video status; use one of {', '.join(STATUSES)}")
         if field == "CreationTime" and not _TIME.fullmatch(text):
             raise MatchError(at, f"CreationTime is UTC time as 'YYYY-MM-DDThh:mm:ssZ', not {text!r}")
+        if field == "CreationTime" and not _real_time(text):
+            raise MatchError(at, f"{text!r} is not a real time (no such month, day, hour, minute or second)")
         if not text and field != "Title":
             raise MatchError(tok.at, f"an empty {field} value matches nothing")
         return text
+
+
+def _real_time(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def _show(tok: _Tok) -> str:
