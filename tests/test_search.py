@@ -508,3 +508,42 @@ def test_emulator_search_limit_is_its_own_50_per_second(catalogue: Catalogue) ->
     codes, submitted = anyio.run(go)
     assert codes[:50] == [None] * 50 and codes[50] == "Throttling.User"
     assert submitted == "accepted"
+
+
+def test_an_answer_without_media_list_and_total_0_is_an_empty_listing(tmp_path: Path) -> None:
+    """A query that matches nothing may come back without a MediaList (Total 0): the listing completes with no
+    videos instead of failing as a refused query."""
+    import http.server
+    import threading
+
+    class NoMedia(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"RequestId": "r-1", "Total": 0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoMedia)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    store = ListingStore(tmp_path / "s.sqlite3")
+    try:
+
+        async def go() -> Any:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            async with VodClient(url, Credentials(AK_ID, AK_SECRET, None, "test")) as client:
+                return await list_videos(store, "j", Search("CateId = 404"), client, Limiter(RateWindow(1000)))
+
+        info = anyio.run(go)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.complete and info.listed == 0 and list(store.videos("j")) == []
+    store.close()

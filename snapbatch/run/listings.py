@@ -247,6 +247,9 @@ async def list_videos(
         outcome, body = await client.call("SearchMedia", params)
         if outcome.http_status is not None:
             reached = True
+        if outcome.http_status == 200 and body is not None and _no_media(body):
+            # nothing matched: the answer may leave MediaList out altogether
+            body = {**body, "MediaList": []}
         if outcome.http_status == 200 and body is not None and isinstance(body.get("MediaList"), list):
             failures = 0
             media = body["MediaList"]
@@ -296,6 +299,12 @@ async def list_videos(
             )
         if outcome.kind != EXPIRED:
             await anyio.sleep(rng.uniform(0, min(backoff_cap_s, backoff_base_s * 2**failures)))
+
+
+def _no_media(body: dict[str, Any]) -> bool:
+    """An answer without a MediaList that says nothing matched (Total 0), not an error."""
+    total = body.get("Total")
+    return body.get("MediaList") is None and "Code" not in body and str(total) == "0"
 
 
 async def freeze_all(
