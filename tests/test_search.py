@@ -21,7 +21,7 @@ from snapbatch.emulator.catalogue import Catalogue, CatalogueError, load_catalog
 from snapbatch.manifest.match import MatchError, parse
 from snapbatch.models import Search
 from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.listings import ListingStore, list_videos
+from snapbatch.run.listings import ListingError, ListingStore, list_videos
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.signing import Credentials
 from tests.conftest import ROOT, CliRunner
@@ -246,7 +246,7 @@ import os, signal, sys, anyio
 from pathlib import Path
 from snapbatch.models import Search
 from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.listings import ListingStore, list_videos
+from snapbatch.run.listings import ListingError, ListingStore, list_videos
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.signing import Credentials
 
@@ -510,15 +510,19 @@ def test_emulator_search_limit_is_its_own_50_per_second(catalogue: Catalogue) ->
     assert submitted == "accepted"
 
 
-def test_an_answer_without_media_list_and_total_0_is_an_empty_listing(tmp_path: Path) -> None:
-    """A query that matches nothing may come back without a MediaList (Total 0): the listing completes with no
-    videos instead of failing as a refused query."""
+def _list_from_fixed_answer(tmp_path: Path, answer: dict[str, Any]) -> tuple[ListingStore, Any, int]:
+    """List through a loopback server that gives every SearchMedia call the same answer: the store, the
+    listing's result (or the ListingError) and how many calls it took."""
     import http.server
     import threading
 
-    class NoMedia(http.server.BaseHTTPRequestHandler):
+    calls = 0
+
+    class Fixed(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps({"RequestId": "r-1", "Total": 0}).encode()
+            nonlocal calls
+            calls += 1
+            body = json.dumps(answer).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -530,20 +534,40 @@ def test_an_answer_without_media_list_and_total_0_is_an_empty_listing(tmp_path: 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoMedia)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     store = ListingStore(tmp_path / "s.sqlite3")
     try:
 
         async def go() -> Any:
             url = f"http://127.0.0.1:{server.server_address[1]}"
             async with VodClient(url, Credentials(AK_ID, AK_SECRET, None, "test")) as client:
-                return await list_videos(store, "j", Search("CateId = 404"), client, Limiter(RateWindow(1000)))
+                try:
+                    return await list_videos(store, "j", Search("CateId = 404"), client, Limiter(RateWindow(1000)))
+                except ListingError as exc:
+                    return exc
 
-        info = anyio.run(go)
+        result = anyio.run(go)
     finally:
         server.shutdown()
         server.server_close()
+    return store, result, calls
+
+
+def test_an_answer_without_media_list_and_total_0_is_an_empty_listing(tmp_path: Path) -> None:
+    """A query that matches nothing may come back without a MediaList (Total 0): the listing completes with no
+    videos instead of failing as a refused query."""
+    store, info, _ = _list_from_fixed_answer(tmp_path, {"RequestId": "r-1", "Total": 0})
     assert info.complete and info.listed == 0 and list(store.videos("j")) == []
+    store.close()
+
+
+def test_a_query_beyond_2_million_fails_at_the_first_page(tmp_path: Path) -> None:
+    """A Total above the 2,000,000 a ScrollToken traversal reaches stops the listing at once (exit 2, narrow
+    the query), not after 20,000 calls."""
+    media = [{"MediaId": f"v{i:031d}", "MediaType": "video"} for i in range(100)]
+    answer = {"RequestId": "r-1", "Total": 2_000_001, "ScrollToken": "t" * 32, "MediaList": media}
+    store, error, calls = _list_from_fixed_answer(tmp_path, answer)
+    assert isinstance(error, ListingError) and error.exit == "usage" and "2000000" in str(error)
+    assert calls == 1
     store.close()

@@ -255,6 +255,9 @@ async def list_videos(
             media = body["MediaList"]
             videos = [str(m.get("MediaId") or (m.get("Video") or {}).get("VideoId") or "") for m in media]
             total = body.get("Total")
+            if total is not None and int(total) > MAX_SCROLLED:
+                # known from the first page: no need to list 2,000,000 videos before saying so
+                raise _too_many(job)
             info = await anyio.to_thread.run_sync(
                 store.add_page,
                 info,
@@ -266,11 +269,7 @@ async def list_videos(
             if len(media) < PAGE_SIZE or (info.total is not None and info.listed >= info.total):
                 return await anyio.to_thread.run_sync(store.finish, job, clock())
             if info.pages * PAGE_SIZE >= MAX_SCROLLED:
-                raise ListingError(
-                    f"job {job!r}'s query matches more than {MAX_SCROLLED} videos, the most SearchMedia lists; "
-                    "narrow the Match expression (e.g. a CreationTime range) or split the job",
-                    "usage",
-                )
+                raise _too_many(job)
             continue
         if outcome.kind == FATAL:
             raise ListingError(f"SearchMedia answered {outcome.code}: {outcome.message}", "fatal")
@@ -299,6 +298,14 @@ async def list_videos(
             )
         if outcome.kind != EXPIRED:
             await anyio.sleep(rng.uniform(0, min(backoff_cap_s, backoff_base_s * 2**failures)))
+
+
+def _too_many(job: str) -> ListingError:
+    return ListingError(
+        f"job {job!r}'s query matches more than {MAX_SCROLLED} videos, the most SearchMedia lists; "
+        "narrow the Match expression (e.g. a CreationTime range) or split the job",
+        "usage",
+    )
 
 
 def _no_media(body: dict[str, Any]) -> bool:
