@@ -366,6 +366,10 @@ def test_search_example_runs_end_to_end_from_the_readme(cli: CliRunner, tmp_path
     assert len(sent) == len(set(sent)) == 142
     assert "search job category-1234: 83 videos, list taken" in status.out
     assert "search job series-x: 59 videos, list taken" in status.out
+    # status counts the frozen lists' requests as the run did: nothing changed, nothing dropped
+    counts = json.loads(cli("status", manifest, "--json").out)["counts"]
+    assert (counts["submitted"], counts["not_in_manifest"], counts.get("dropped", 0)) == (142, 0, 0)
+    assert counts["submitted"] == 142 and "changed" not in status.out and "no longer" not in status.out, status.out
 
 
 def test_listing_rides_out_throttling_and_errors(

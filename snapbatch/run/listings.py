@@ -33,7 +33,9 @@ __all__ = [
     "ListingStore",
     "Searcher",
     "freeze_all",
+    "frozen_listings",
     "list_videos",
+    "listing_mark",
 ]
 
 PAGE_SIZE = 100
@@ -176,26 +178,41 @@ class ListingStore:
 
     def videos(self, job: str) -> Iterator[str]:
         """The job's listed VideoIds in listing order, streamed in chunks on a connection of its own."""
-        # an abandoned ingest may let this generator be closed by another thread
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            last = 0
-            while True:
-                rows = db.execute(
-                    "SELECT seq, video FROM listed_videos WHERE job = ? AND seq > ? ORDER BY seq LIMIT 5000",
-                    (job, last),
-                ).fetchall()
-                if not rows:
-                    return
-                for _, video in rows:
-                    yield video
-                last = rows[-1][0]
-        finally:
-            db.close()
+        return _stream(self.path, job)
 
     def listings(self, jobs: list[str]) -> dict[str, Callable[[], Iterator[str]]]:
         """For expand: each job's frozen list, as a function that streams it."""
-        return {job: (lambda job=job: self.videos(job)) for job in jobs}  # type: ignore[misc]
+        return frozen_listings(self.path, jobs)
+
+
+def _stream(path: Path, job: str) -> Iterator[str]:
+    # an abandoned ingest may let this generator be closed by another thread
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        last = 0
+        while True:
+            rows = db.execute(
+                "SELECT seq, video FROM listed_videos WHERE job = ? AND seq > ? ORDER BY seq LIMIT 5000",
+                (job, last),
+            ).fetchall()
+            if not rows:
+                return
+            for _, video in rows:
+                yield video
+            last = rows[-1][0]
+    finally:
+        db.close()
+
+
+def frozen_listings(path: Path, jobs: list[str]) -> dict[str, Callable[[], Iterator[str]]]:
+    """Each job's list in the state file at ``path``, as a function that streams it; reads only (status)."""
+    return {job: (lambda job=job: _stream(path, job)) for job in jobs}  # type: ignore[misc]
+
+
+def listing_mark(infos: list[ListingInfo]) -> str:
+    """What the manifest's fingerprint gains from its search jobs' lists: it changes whenever one is listed
+    again, so the next run ingests the new list."""
+    return ";".join(f"{info.job}@{info.started_at!r}:{info.listed}" for info in infos)
 
 
 async def list_videos(
@@ -326,10 +343,10 @@ async def freeze_all(
 ) -> tuple[dict[str, Callable[[], Iterator[str]]], str]:
     """List (or find frozen) every search job; return their lists for expand and a mark that changes
     whenever one of them is listed again. ``on_done(info, fresh)``: fresh when listed by this call."""
-    marks = []
+    infos = []
     for name, search in jobs:
         before = store.info(name)
         info = await list_videos(store, name, search, client, limiter, relist=relist, on_page=on_page)
         on_done(info, before is None or not before.complete or relist)
-        marks.append(f"{name}@{info.started_at!r}:{info.listed}")
-    return store.listings([name for name, _ in jobs]), ";".join(marks)
+        infos.append(info)
+    return store.listings([name for name, _ in jobs]), listing_mark(infos)
