@@ -158,6 +158,10 @@ def test_paging_limits(catalogue: Catalogue) -> None:
         ("CreationTime = ('2026-02-30T00:00:00Z','2027-01-01T00:00:00Z')", 17, "not a real time"),
         ("CreationTime = ('2026-13-01T00:00:00Z','2027-01-01T00:00:00Z')", 17, "not a real time"),
         ("CreationTime = ['2026-01-01T00:00:00Z','2026-01-01T00:00:00Z')", 15, "range is empty"),
+        ("CateId = 1\u3000and Status = 'Normal'", 10, "not allowed"),  # a full-width space
+        ("CateId = 1 and\xa0Status = 'Normal'", 14, "not allowed"),  # a no-break space
+        ("CateId = \u0661\u0662", 9, "not allowed"),  # Arabic-Indic digits
+        ("CateId = '\u0661\u0662'", 10, "whole number"),
     ],
 )
 def test_match_errors_point_at_the_offending_character(text: str, offset: int, words: str) -> None:

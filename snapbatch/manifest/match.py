@@ -64,10 +64,13 @@ FIELDS = {
     "CreationTime": ("range",),
 }
 SORT_BY = ("CreationTime:Desc", "CreationTime:Asc")
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)
+# only ASCII blanks separate tokens: the protocol asks for half-width punctuation, and a full-width or
+# no-break space pasted from a document would reach the service as part of a word
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'[^']*'?)|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)"
-    r"|(?P<op>!=|==|<=|>=|[=(),\[\]<>!])|(?P<bad>\S))"
+    r"[ \t\r\n]*(?:(?P<str>'[^']*'?)|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)"
+    r"|(?P<op>!=|==|<=|>=|[=(),\[\]<>!])|(?P<bad>[^ \t\r\n]))",
+    re.ASCII,  # digits 0-9 only: a CateId or time in other scripts' digits is not one the service reads
 )
 
 
@@ -124,7 +127,7 @@ def _tokens(text: str) -> list[_Tok]:
             raise MatchError(start, "this quoted value is never closed; end it with '")
         out.append(_Tok(kind, value, start))
         pos = m.end()
-    out.append(_Tok("end", "", len(text.rstrip())))
+    out.append(_Tok("end", "", len(text.rstrip(" \t\r\n"))))
     return out
 
 
@@ -245,7 +248,7 @@ class _Parser:
         else:
             raise MatchError(tok.at, f"expected a value, found {_show(tok)}")
         at = tok.at + (1 if tok.kind == "str" else 0)
-        if field == "CateId" and not re.fullmatch(r"-?\d+", text):
+        if field == "CateId" and not re.fullmatch(r"-?[0-9]+", text):
             raise MatchError(at, f"CateId is a whole number, not {text!r}")
         if field == "Status" and text not in STATUSES:
             raise MatchError(at, f"{text!r} is not a video status; use one of {', '.join(STATUSES)}")
