@@ -21,7 +21,7 @@ from snapbatch.emulator.catalogue import Catalogue, CatalogueError, load_catalog
 from snapbatch.manifest.match import MatchError, parse
 from snapbatch.models import Search
 from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.listings import ListingStore, list_videos
+from snapbatch.run.listings import ListingError, ListingStore, list_videos
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from tests.conftest import ROOT, CliRunner
@@ -155,6 +155,13 @@ def test_paging_limits(catalogue: Catalogue) -> None:
         ("CreationTime = 'x'", 13, "takes a range"),
         ("CateId = 'abc'", 10, "whole number"),
         ("(CateId = 1 and Status = 'Normal' or CateId = 2)", 34, "mixing"),
+        ("CreationTime = ('2026-02-30T00:00:00Z','2027-01-01T00:00:00Z')", 17, "not a real time"),
+        ("CreationTime = ('2026-13-01T00:00:00Z','2027-01-01T00:00:00Z')", 17, "not a real time"),
+        ("CreationTime = ['2026-01-01T00:00:00Z','2026-01-01T00:00:00Z')", 15, "range is empty"),
+        ("CateId = 1\u3000and Status = 'Normal'", 10, "not allowed"),  # a full-width space
+        ("CateId = 1 and\xa0Status = 'Normal'", 14, "not allowed"),  # a no-break space
+        ("CateId = \u0661\u0662", 9, "not allowed"),  # Arabic-Indic digits
+        ("CateId = '\u0661\u0662'", 10, "whole number"),
     ],
 )
 def test_match_errors_point_at_the_offending_character(text: str, offset: int, words: str) -> None:
@@ -243,7 +250,7 @@ import os, signal, sys, anyio
 from pathlib import Path
 from snapbatch.models import Search
 from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.listings import ListingStore, list_videos
+from snapbatch.run.listings import ListingError, ListingStore, list_videos
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 
@@ -363,6 +370,10 @@ def test_search_example_runs_end_to_end_from_the_readme(cli: CliRunner, tmp_path
     assert len(sent) == len(set(sent)) == 142
     assert "search job category-1234: 83 videos, list taken" in status.out
     assert "search job series-x: 59 videos, list taken" in status.out
+    # status counts the frozen lists' requests as the run did: nothing changed, nothing dropped
+    counts = json.loads(cli("status", manifest, "--json").out)["counts"]
+    assert (counts["submitted"], counts["not_in_manifest"], counts.get("dropped", 0)) == (142, 0, 0)
+    assert counts["submitted"] == 142 and "changed" not in status.out and "no longer" not in status.out, status.out
 
 
 def test_listing_rides_out_throttling_and_errors(
@@ -505,3 +516,66 @@ def test_emulator_search_limit_is_its_own_50_per_second(catalogue: Catalogue) ->
     codes, submitted = anyio.run(go)
     assert codes[:50] == [None] * 50 and codes[50] == "Throttling.User"
     assert submitted == "accepted"
+
+
+def _list_from_fixed_answer(tmp_path: Path, answer: dict[str, Any]) -> tuple[ListingStore, Any, int]:
+    """List through a loopback server that gives every SearchMedia call the same answer: the store, the
+    listing's result (or the ListingError) and how many calls it took."""
+    import http.server
+    import threading
+
+    calls = 0
+
+    class Fixed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            nonlocal calls
+            calls += 1
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = ListingStore(tmp_path / "s.sqlite3")
+    try:
+
+        async def go() -> Any:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            async with VodClient(url, Credentials(AK_ID, AK_SECRET, None, "test")) as client:
+                try:
+                    return await list_videos(store, "j", Search("CateId = 404"), client, Limiter(RateWindow(1000)))
+                except ListingError as exc:
+                    return exc
+
+        result = anyio.run(go)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return store, result, calls
+
+
+def test_an_answer_without_media_list_and_total_0_is_an_empty_listing(tmp_path: Path) -> None:
+    """A query that matches nothing may come back without a MediaList (Total 0): the listing completes with no
+    videos instead of failing as a refused query."""
+    store, info, _ = _list_from_fixed_answer(tmp_path, {"RequestId": "r-1", "Total": 0})
+    assert info.complete and info.listed == 0 and list(store.videos("j")) == []
+    store.close()
+
+
+def test_a_query_beyond_2_million_fails_at_the_first_page(tmp_path: Path) -> None:
+    """A Total above the 2,000,000 a ScrollToken traversal reaches stops the listing at once (exit 2, narrow
+    the query), not after 20,000 calls."""
+    media = [{"MediaId": f"v{i:031d}", "MediaType": "video"} for i in range(100)]
+    answer = {"RequestId": "r-1", "Total": 2_000_001, "ScrollToken": "t" * 32, "MediaList": media}
+    store, error, calls = _list_from_fixed_answer(tmp_path, answer)
+    assert isinstance(error, ListingError) and error.exit == "usage" and "2000000" in str(error)
+    assert calls == 1
+    store.close()

@@ -52,7 +52,15 @@ from snapbatch.report import (
     unfinished_listings_line,
 )
 from snapbatch.run.limiter import Limiter, RateWindow
-from snapbatch.run.listings import SEARCH_QPS, ListingError, ListingInfo, ListingStore, list_videos
+from snapbatch.run.listings import (
+    SEARCH_QPS,
+    ListingError,
+    ListingInfo,
+    ListingStore,
+    frozen_listings,
+    list_videos,
+    listing_mark,
+)
 from snapbatch.run.margin import cache_dir
 from snapbatch.run.quota import Pacing, resolve_quota
 from snapbatch.run.runner import RunOptions, RunResult, StopReason
@@ -360,9 +368,18 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
         absorb_events(args, manifest, state)
         completion = state.completion_counts()
         holder = state.holder()
-        changed = state.needs_ingest(fingerprint(manifest))
+        # the search jobs' frozen lists count as the run counted them (same fingerprint, same requests)
+        frozen = {info.job: info for info in ListingStore.read(state.path) if info.complete}
+        searched = [job.name for job in search_jobs(manifest) if job.name in frozen]
+        mark = listing_mark([frozen[name] for name in searched])
+        changed = state.needs_ingest(fingerprint(manifest) + mark)
         # a changed manifest: counted as the next run will see it, with what it adds and drops
-        counts = state.compare(r.key for r in expand(manifest, fold_duplicates=False)) if changed else state.counts()
+        listings = frozen_listings(state.path, searched)
+        counts = (
+            state.compare(r.key for r in expand(manifest, fold_duplicates=False, listings=listings))
+            if changed
+            else state.counts()
+        )
         if holder is None:  # no run is alive: what a dead run left 'sending' is in doubt now, not later
             counts["in_doubt"] += counts["sending"]
             counts["sending"] = 0

@@ -65,10 +65,11 @@ class Document:
         value = self.value_at(path)
         if not isinstance(value, str):
             return self.mark(path)
+        escapes = style == '"'
         for char in value[:offset]:
-            pos = _advance(src, pos, end, char) + 1
+            pos = _advance(src, pos, end, char, escapes)[1]
         if offset < len(value):
-            pos = _advance(src, pos, end, value[offset])
+            pos = _advance(src, pos, end, value[offset], escapes)[0]
         line = src.count("\n", 0, pos) + 1
         return line, pos - (src.rfind("\n", 0, pos) + 1) + 1
 
@@ -95,15 +96,39 @@ class Document:
         return (None, None)
 
 
-def _advance(src: str, pos: int, end: int, char: str) -> int:
-    """The index of the source character that yields ``char`` of the value, at or after ``pos``."""
+_ESCAPED = {
+    "0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r",
+    "e": "\x1b", " ": " ", '"': '"', "/": "/", "\\": "\\", "N": "\x85", "_": "\xa0", "L": "\u2028",
+    "P": "\u2029",
+}  # fmt: skip
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+def _advance(src: str, pos: int, end: int, char: str, escapes: bool = False) -> tuple[int, int]:
+    """Where the source text that yields ``char`` of the value starts and ends, at or after ``pos``. With
+    ``escapes`` (a double-quoted scalar) an escape sequence is one character of the value, never its parts."""
     at = pos
     while at < end:
         found = src[at]
+        if escapes and found == "\\" and at + 1 < end:
+            kind = src[at + 1]
+            if kind in "\r\n":  # an escaped line break yields nothing
+                at += 2
+                continue
+            digits = _HEX_DIGITS.get(kind, 0)
+            after = at + 2 + digits
+            try:
+                decoded = chr(int(src[at + 2 : after], 16)) if digits else _ESCAPED.get(kind)
+            except ValueError:
+                decoded = None
+            if decoded == char:
+                return at, after
+            at = after
+            continue
         if found == char or (char == " " and found == "\n"):
-            return at
+            return at, at + 1
         at += 1
-    return pos
+    return pos, pos + 1
 
 
 def format_path(path: Path) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 __all__ = [
     "FIELDS",
@@ -63,10 +64,13 @@ FIELDS = {
     "CreationTime": ("range",),
 }
 SORT_BY = ("CreationTime:Desc", "CreationTime:Asc")
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)
+# only ASCII blanks separate tokens: the protocol asks for half-width punctuation, and a full-width or
+# no-break space pasted from a document would reach the service as part of a word
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'[^']*'?)|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)"
-    r"|(?P<op>!=|==|<=|>=|[=(),\[\]<>!])|(?P<bad>\S))"
+    r"[ \t\r\n]*(?:(?P<str>'[^']*'?)|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)"
+    r"|(?P<op>!=|==|<=|>=|[=(),\[\]<>!])|(?P<bad>[^ \t\r\n]))",
+    re.ASCII,  # digits 0-9 only: a CateId or time in other scripts' digits is not one the service reads
 )
 
 
@@ -123,7 +127,7 @@ def _tokens(text: str) -> list[_Tok]:
             raise MatchError(start, "this quoted value is never closed; end it with '")
         out.append(_Tok(kind, value, start))
         pos = m.end()
-    out.append(_Tok("end", "", len(text.rstrip())))
+    out.append(_Tok("end", "", len(text.rstrip(" \t\r\n"))))
     return out
 
 
@@ -223,9 +227,15 @@ class _Parser:
         closing = self.take()
         if closing.text not in (")", "]"):
             raise MatchError(closing.at, f"expected ) or ] closing the range, found {_show(closing)}")
+        closed = (opening.text == "[", closing.text == "]")
         if high < low:
             raise MatchError(opening.at, f"the range is empty: {low} comes after {high}")
-        return Condition(field, "range", (low, high), (opening.text == "[", closing.text == "]"))
+        if high == low and closed != (True, True):
+            # equal bounds hold a time only when both are closed: [t,t]
+            raise MatchError(
+                opening.at, f"the range is empty: both bounds are {low} and one is open; use [{low!r},{low!r}]"
+            )
+        return Condition(field, "range", (low, high), closed)
 
     def value(self, field: str) -> str:
         tok = self.take()
@@ -238,15 +248,25 @@ class _Parser:
         else:
             raise MatchError(tok.at, f"expected a value, found {_show(tok)}")
         at = tok.at + (1 if tok.kind == "str" else 0)
-        if field == "CateId" and not re.fullmatch(r"-?\d+", text):
+        if field == "CateId" and not re.fullmatch(r"-?[0-9]+", text):
             raise MatchError(at, f"CateId is a whole number, not {text!r}")
         if field == "Status" and text not in STATUSES:
             raise MatchError(at, f"{text!r} is not a video status; use one of {', '.join(STATUSES)}")
         if field == "CreationTime" and not _TIME.fullmatch(text):
             raise MatchError(at, f"CreationTime is UTC time as 'YYYY-MM-DDThh:mm:ssZ', not {text!r}")
+        if field == "CreationTime" and not _real_time(text):
+            raise MatchError(at, f"{text!r} is not a real time (no such month, day, hour, minute or second)")
         if not text and field != "Title":
             raise MatchError(tok.at, f"an empty {field} value matches nothing")
         return text
+
+
+def _real_time(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def _show(tok: _Tok) -> str:

@@ -33,7 +33,9 @@ __all__ = [
     "ListingStore",
     "Searcher",
     "freeze_all",
+    "frozen_listings",
     "list_videos",
+    "listing_mark",
 ]
 
 PAGE_SIZE = 100
@@ -176,26 +178,41 @@ class ListingStore:
 
     def videos(self, job: str) -> Iterator[str]:
         """The job's listed VideoIds in listing order, streamed in chunks on a connection of its own."""
-        # an abandoned ingest may let this generator be closed by another thread
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            last = 0
-            while True:
-                rows = db.execute(
-                    "SELECT seq, video FROM listed_videos WHERE job = ? AND seq > ? ORDER BY seq LIMIT 5000",
-                    (job, last),
-                ).fetchall()
-                if not rows:
-                    return
-                for _, video in rows:
-                    yield video
-                last = rows[-1][0]
-        finally:
-            db.close()
+        return _stream(self.path, job)
 
     def listings(self, jobs: list[str]) -> dict[str, Callable[[], Iterator[str]]]:
         """For expand: each job's frozen list, as a function that streams it."""
-        return {job: (lambda job=job: self.videos(job)) for job in jobs}  # type: ignore[misc]
+        return frozen_listings(self.path, jobs)
+
+
+def _stream(path: Path, job: str) -> Iterator[str]:
+    # an abandoned ingest may let this generator be closed by another thread
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        last = 0
+        while True:
+            rows = db.execute(
+                "SELECT seq, video FROM listed_videos WHERE job = ? AND seq > ? ORDER BY seq LIMIT 5000",
+                (job, last),
+            ).fetchall()
+            if not rows:
+                return
+            for _, video in rows:
+                yield video
+            last = rows[-1][0]
+    finally:
+        db.close()
+
+
+def frozen_listings(path: Path, jobs: list[str]) -> dict[str, Callable[[], Iterator[str]]]:
+    """Each job's list in the state file at ``path``, as a function that streams it; reads only (status)."""
+    return {job: (lambda job=job: _stream(path, job)) for job in jobs}  # type: ignore[misc]
+
+
+def listing_mark(infos: list[ListingInfo]) -> str:
+    """What the manifest's fingerprint gains from its search jobs' lists: it changes whenever one is listed
+    again, so the next run ingests the new list."""
+    return ";".join(f"{info.job}@{info.started_at!r}:{info.listed}" for info in infos)
 
 
 async def list_videos(
@@ -247,11 +264,17 @@ async def list_videos(
         outcome, body = await client.call("SearchMedia", params)
         if outcome.http_status is not None:
             reached = True
+        if outcome.http_status == 200 and body is not None and _no_media(body):
+            # nothing matched: the answer may leave MediaList out altogether
+            body = {**body, "MediaList": []}
         if outcome.http_status == 200 and body is not None and isinstance(body.get("MediaList"), list):
             failures = 0
             media = body["MediaList"]
             videos = [str(m.get("MediaId") or (m.get("Video") or {}).get("VideoId") or "") for m in media]
             total = body.get("Total")
+            if total is not None and int(total) > MAX_SCROLLED:
+                # known from the first page: no need to list 2,000,000 videos before saying so
+                raise _too_many(job)
             info = await anyio.to_thread.run_sync(
                 store.add_page,
                 info,
@@ -263,11 +286,7 @@ async def list_videos(
             if len(media) < PAGE_SIZE or (info.total is not None and info.listed >= info.total):
                 return await anyio.to_thread.run_sync(store.finish, job, clock())
             if info.pages * PAGE_SIZE >= MAX_SCROLLED:
-                raise ListingError(
-                    f"job {job!r}'s query matches more than {MAX_SCROLLED} videos, the most SearchMedia lists; "
-                    "narrow the Match expression (e.g. a CreationTime range) or split the job",
-                    "usage",
-                )
+                raise _too_many(job)
             continue
         if outcome.kind == FATAL:
             raise ListingError(f"SearchMedia answered {outcome.code}: {outcome.message}", "fatal")
@@ -298,6 +317,20 @@ async def list_videos(
             await anyio.sleep(rng.uniform(0, min(backoff_cap_s, backoff_base_s * 2**failures)))
 
 
+def _too_many(job: str) -> ListingError:
+    return ListingError(
+        f"job {job!r}'s query matches more than {MAX_SCROLLED} videos, the most SearchMedia lists; "
+        "narrow the Match expression (e.g. a CreationTime range) or split the job",
+        "usage",
+    )
+
+
+def _no_media(body: dict[str, Any]) -> bool:
+    """An answer without a MediaList that says nothing matched (Total 0), not an error."""
+    total = body.get("Total")
+    return body.get("MediaList") is None and "Code" not in body and str(total) == "0"
+
+
 async def freeze_all(
     store: ListingStore,
     jobs: list[tuple[str, Search]],
@@ -310,10 +343,10 @@ async def freeze_all(
 ) -> tuple[dict[str, Callable[[], Iterator[str]]], str]:
     """List (or find frozen) every search job; return their lists for expand and a mark that changes
     whenever one of them is listed again. ``on_done(info, fresh)``: fresh when listed by this call."""
-    marks = []
+    infos = []
     for name, search in jobs:
         before = store.info(name)
         info = await list_videos(store, name, search, client, limiter, relist=relist, on_page=on_page)
         on_done(info, before is None or not before.complete or relist)
-        marks.append(f"{name}@{info.started_at!r}:{info.listed}")
-    return store.listings([name for name, _ in jobs]), ";".join(marks)
+        infos.append(info)
+    return store.listings([name for name, _ in jobs]), listing_mark(infos)
