@@ -75,7 +75,9 @@ def test_runs_sharing_a_host_file_keep_the_guarantee_exactly(
             else:
                 reservation, slot = pending.pop(r)
                 if clock[0] - slot <= HOLD_S:
-                    recorded.append(await store.confirm(reservation))  # type: ignore[arg-type]
+                    start = await store.confirm(reservation)  # type: ignore[arg-type]
+                    assert start is not None  # on time: within HOLD_S of its slot
+                    recorded.append(start)
                 heapq.heappush(events, (clock[0] + gaps[step % len(gaps)], r, step, "reserve"))
 
     anyio.run(go)
@@ -285,3 +287,49 @@ def test_redis_sequence_that_starts_afresh_waits_one_window(tmp_path: Path) -> N
         after, _ = anyio.run(go, server.url)
     assert after[0] == 1.0
     assert 1.0 < delays[3] <= 2.0  # the 1st start (1 s ahead) + a window, less the little time since
+
+
+def test_a_run_stalled_past_its_slot_never_starts_later_than_the_store_counts(tmp_path: Path) -> None:
+    """A run whose intent commit (or event loop) stalls 1 s between its slot and its confirmation does not start
+    on that stale reservation: the store counted it as starting HOLD_S after its slot at the latest, so the
+    run reserves again and starts exactly when the store records (else others' slots, computed from that
+    record, could crowd the real start)."""
+    clock = [50.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async def stall() -> None:
+        clock[0] += 1.0
+
+    async def go() -> tuple[float, int]:
+        store = HostFileStore(tmp_path / "k.json", clock=lambda: clock[0])
+        limiter = SharedLimiter(RateWindow(30), store, clock=lambda: clock[0], sleep=sleep)
+        await limiter.acquire()
+        start = await limiter.acquire(before=stall)
+        await store.aclose()
+        return start - limiter.recorded[-1], limiter.missed
+
+    late_by, missed = anyio.run(go)
+    assert abs(late_by) <= 1e-9 and missed == 1
+
+
+def test_redis_refuses_a_confirmation_later_than_the_hold(tmp_path: Path) -> None:
+    """On Redis's clock: a reservation confirmed more than HOLD_S after its slot is refused (None), as is one
+    Redis no longer holds (flushed), so the caller reserves again instead of starting unrecorded or late."""
+
+    async def go(url: str) -> tuple[float | None, float | None]:
+        store = RedisStore(url, "late")
+        try:
+            first = await store.reserve(1.0, 0.0, 30)  # a fresh sequence: slot one window ahead
+            on_time = await store.reserve(1.0, 0.0, 30)
+            await anyio.sleep(first.delay_s + HOLD_S + 0.05)  # Redis's clock passes the hold, for certain
+            late = await store.confirm(first)
+            await store._client.flushdb()
+            return late, await store.confirm(on_time)
+        finally:
+            await store.aclose()
+
+    with redis_server(tmp_path) as server:
+        late, gone = anyio.run(go, server.url)
+    assert late is None and gone is None

@@ -88,8 +88,11 @@ class SlotStore(Protocol):
         """Reserve the next slot (see ``next_slot``), counting as starting HOLD_S after it until confirmed."""
         ...
 
-    async def confirm(self, reservation: Reservation) -> float:
-        """Record that the reserved call starts now; return the start recorded (on the store's clock)."""
+    async def confirm(self, reservation: Reservation) -> float | None:
+        """Record that the reserved call starts now; return the start recorded (on the store's clock), or None
+        when it is too late: more than HOLD_S after the slot, or the store no longer holds the reservation
+        (pruned, flushed). The store has counted it as starting by HOLD_S after its slot at the latest (or not
+        at all), so starting on it now could crowd the calls others reserved since: reserve again."""
         ...
 
     async def aclose(self) -> None: ...
@@ -143,13 +146,14 @@ class HostFileStore:
             doc["starts"][rid] = [slot, None]
             return Reservation(rid, slot - now)
 
-    async def confirm(self, reservation: Reservation) -> float:
+    async def confirm(self, reservation: Reservation) -> float | None:
         async with self._locked() as (now, doc):
             entry = doc["starts"].get(reservation.id)
-            if entry is None:  # pruned: only after a pause far longer than HOLD_S, which the limiter refuses
-                return now
-            entry[1] = min(max(now, entry[0]), entry[0] + HOLD_S)
-            return float(entry[1])
+            if entry is None or entry[1] is not None or now > entry[0] + HOLD_S:
+                return None  # too late (or reset): it stays counted as starting HOLD_S after its slot
+            start = max(now, float(entry[0]))
+            entry[1] = start
+            return start
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[tuple[float, dict[str, Any]]]:
@@ -233,10 +237,11 @@ _CONFIRM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local held = redis.call('HGET', KEYS[1], ARGV[1])
-if not held then return now end
+if not held then return false end
 held = tonumber(held)
+if now > held then return false end
 local start = math.max(now, held - tonumber(ARGV[2]))
-if start < held then redis.call('HSET', KEYS[1], ARGV[1], start) else start = held end
+redis.call('HSET', KEYS[1], ARGV[1], start)
 return start
 """
 
@@ -269,8 +274,9 @@ class RedisStore:
         rid, delay_us = await self._call(self._reserve, args)
         return Reservation(str(int(rid)), int(delay_us) / 1e6)
 
-    async def confirm(self, reservation: Reservation) -> float:
-        return int(await self._call(self._confirm, [reservation.id, round(HOLD_S * 1e6)])) / 1e6
+    async def confirm(self, reservation: Reservation) -> float | None:
+        start = await self._call(self._confirm, [reservation.id, round(HOLD_S * 1e6)])
+        return None if start is None else int(start) / 1e6
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
         from redis.exceptions import RedisError
@@ -348,7 +354,11 @@ class SharedLimiter(Limiter):
                         await before()
                         committed = True
                         start = self.clock()
-                    self.recorded.append(await self.store.confirm(reservation))
+                    recorded = await self.store.confirm(reservation)
+                    if recorded is None:  # stalled past the hold (e.g. a slow intent commit): the slot is gone
+                        self.missed += 1
+                        continue
+                    self.recorded.append(recorded)
                 except StoreUnavailable as exc:
                     await self._unavailable(str(exc))
                     continue
