@@ -24,6 +24,7 @@ from snapbatch.run.quota import (
     RedisStore,
     SharedLimiter,
     SlotStore,
+    StoreUnavailable,
     describe,
     next_slot,
     resolve_quota,
@@ -333,3 +334,28 @@ def test_redis_refuses_a_confirmation_later_than_the_hold(tmp_path: Path) -> Non
     with redis_server(tmp_path) as server:
         late, gone = anyio.run(go, server.url)
     assert late is None and gone is None
+
+
+def test_a_failed_write_of_the_host_file_never_forgets_the_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of the host file that fails (disk full, or the run killed mid-update) leaves the starts recorded
+    before, or a file read as torn (first slot one window ahead), never an empty file read as a new key whose
+    first slot is now while 30 calls were just made."""
+    clock = [5.0]
+    store = HostFileStore(tmp_path / "k.json", clock=lambda: clock[0])
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    async def go() -> float:
+        for _ in range(30):
+            r = await store.reserve(W, 0.0, 30)
+            await store.confirm(r)
+        with monkeypatch.context() as patched:
+            patched.setattr("snapbatch.run.quota.os.pwrite", full)
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(W, 0.0, 30)
+        return (await store.reserve(W, 0.0, 30)).delay_s
+
+    assert anyio.run(go) >= W - 1e-9

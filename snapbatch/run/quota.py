@@ -170,8 +170,12 @@ class HostFileStore:
             doc = self._read(now)
             yield now, doc
             doc["starts"] = {k: v for k, v in doc["starts"].items() if _effective(v) > now - _KEEP_S}
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, json.dumps(doc).encode(), 0)
+            # Write over the old text, then cut its tail: a write that fails or is cut short (disk full, killed)
+            # leaves the old starts or a torn file (read as a reset), never an empty file read as a new key.
+            data = json.dumps(doc).encode()
+            if os.pwrite(self._fd, data, 0) != len(data):
+                raise OSError(f"short write of {len(data)} bytes")
+            os.ftruncate(self._fd, len(data))
         except OSError as exc:
             raise StoreUnavailable(f"cannot update {self.path}: {exc}") from None
         finally:
