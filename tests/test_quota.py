@@ -359,3 +359,17 @@ def test_a_failed_write_of_the_host_file_never_forgets_the_starts(
         return (await store.reserve(W, 0.0, 30)).delay_s
 
     assert anyio.run(go) >= W - 1e-9
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:hunt/er2@cache:6379/0", "redis://:hunt#er2@cache:6379/0", "redis://:hunt?er2@h/0"]
+)
+def test_a_quota_url_whose_password_breaks_the_syntax_is_refused_without_showing_it(url: str) -> None:
+    """A password with an unencoded / # or ? splits the URL elsewhere (urlsplit then reads part of it as a port
+    or a path): the URL is refused as a usage error that shows no part of the password, and describe never
+    raises (its ValueError once named the password's first characters as a port)."""
+    with pytest.raises(UsageError) as refused:
+        resolve_quota(url, None, None)
+    shown = str(refused.value) + describe(url)
+    assert "hunt" not in shown and "er2" not in shown
+    assert "percent-encode" in str(refused.value)

@@ -303,8 +303,20 @@ def describe(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
+    if _malformed(url):  # what urlsplit took for a port or a path may be part of a password
+        return f"{parts.scheme}://{host}(malformed)"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _malformed(url: str) -> bool:
+    """A URL urlsplit cannot split safely: a password holding an unencoded / ? # or @ moves the split."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for what is no port
+    except ValueError:
+        return True
+    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
 
 
 class SharedLimiter(Limiter):
@@ -404,6 +416,11 @@ def resolve_quota(flag: str | None, env_value: str | None, manifest_value: str |
         if not value:
             continue
         parts = urlsplit(value)
+        if "://" in value and _malformed(value):
+            raise UsageError(
+                f"{where} is {describe(value)}, which cannot be read as a URL: percent-encode the password's "
+                "reserved characters (/ ? # @ as %2F %3F %23 %40)"
+            )
         if value in ("local", "off") or (parts.scheme in _REDIS_SCHEMES and parts.netloc):
             return value
         if parts.scheme == "unix" and parts.path:
