@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from snapbatch.run.quota import (
     HostFileStore,
     QuotaUnavailable,
     RedisStore,
+    Reservation,
     SharedLimiter,
     SlotStore,
     StoreUnavailable,
@@ -313,6 +315,42 @@ def test_a_run_stalled_past_its_slot_never_starts_later_than_the_store_counts(tm
 
     late_by, missed = anyio.run(go)
     assert abs(late_by) <= 1e-9 and missed == 1
+
+
+def test_a_store_too_slow_to_hold_a_slot_is_an_outage_not_a_silent_stall(tmp_path: Path) -> None:
+    """A store whose every answer takes longer than HOLD_S (a slow Redis, say) loses every slot: after a few
+    in a row the run hears that sending has stopped, and past the outage bound it stops with
+    QuotaUnavailable (exit 5), instead of sending nothing forever without a word."""
+    clock = [10.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        await anyio.lowlevel.checkpoint()  # so the hang guard below can fire on a store that stalls forever
+
+    class SlowStore(HostFileStore):  # the real host-file store, answering each reservation late
+        async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+            reservation = await super().reserve(window_s, interval_s, cap)
+            clock[0] += HOLD_S + 0.1
+            await anyio.lowlevel.checkpoint()
+            return reservation
+
+    heard: list[str | None] = []
+
+    async def go() -> str:
+        store = SlowStore(tmp_path / "k.json", clock=lambda: clock[0])
+        limiter = SharedLimiter(
+            RateWindow(30), store, clock=lambda: clock[0], sleep=sleep, on_store=heard.append, outage_s=30.0
+        )
+        try:
+            with pytest.raises(QuotaUnavailable) as stopped, anyio.fail_after(20):  # a hang guard, not a timing
+                await limiter.acquire()
+            return str(stopped.value)
+        finally:
+            await store.aclose()
+
+    message = anyio.run(go)
+    assert heard and heard[0] is not None and "too slowly" in heard[0]
+    assert "unreachable for" in message and "too slowly" in message
 
 
 def test_redis_refuses_a_confirmation_later_than_the_hold(tmp_path: Path) -> None:

@@ -319,6 +319,9 @@ def _malformed(url: str) -> bool:
     return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
 
 
+MISSED_IN_A_ROW = 5  # slots lost in a row before a slow store counts as unavailable
+
+
 class SharedLimiter(Limiter):
     """A Limiter whose slots come from a SlotStore shared with the other runs on the key. Its own
     RateWindow still decides the margin (widened by throttles) and the rate (cut when throttles keep
@@ -346,6 +349,7 @@ class SharedLimiter(Limiter):
         self.recorded: deque[float] = deque(maxlen=100_000)
         self._down_since: float | None = None
         self._backoff_s = _BACKOFF_FIRST_S
+        self._missed_in_a_row = 0
 
     async def acquire(self, before: Callable[[], Awaitable[None]] | None = None) -> float:
         """As Limiter.acquire: ``before`` (the run's intent) is awaited once, when a slot has come, before the
@@ -364,7 +368,7 @@ class SharedLimiter(Limiter):
                         await self.sleep(max(0.0, received + reservation.delay_s - self.clock()))
                     start = self.clock()
                     if start - (now + reservation.delay_s) > HOLD_S:
-                        self.missed += 1
+                        await self._missed()
                         continue
                     if before is not None and not committed:
                         await before()
@@ -372,9 +376,10 @@ class SharedLimiter(Limiter):
                         start = self.clock()
                     recorded = await self.store.confirm(reservation)
                     if recorded is None:  # stalled past the hold (e.g. a slow intent commit): the slot is gone
-                        self.missed += 1
+                        await self._missed()
                         continue
                     self.recorded.append(recorded)
+                    self._missed_in_a_row = 0
                 except StoreUnavailable as exc:
                     await self._unavailable(str(exc))
                     continue
@@ -383,6 +388,16 @@ class SharedLimiter(Limiter):
                     self.on_store(None)
                 self.admitted += 1
                 return start
+
+    async def _missed(self) -> None:
+        """A slot given up. A store that answers slower than HOLD_S loses every slot: after a few in a row that
+        is an outage like an unreachable one (pause, say so, exit 5 past the bound), never a silent stall."""
+        self.missed += 1
+        self._missed_in_a_row += 1
+        if self._missed_in_a_row >= MISSED_IN_A_ROW:
+            await self._unavailable(
+                f"it answers too slowly to hold a slot: {self._missed_in_a_row} slots missed in a row"
+            )
 
     async def _unavailable(self, problem: str) -> None:
         now = self.clock()
