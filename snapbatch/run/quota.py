@@ -468,10 +468,11 @@ async def open_limiter(
         try:
             store = HostFileStore(pacing.cache / "quota" / f"{digest}.json")
         except OSError as exc:
-            log(
-                f"cannot share the quota with other runs on this host ({exc}); this run paces alone, so other "
-                "runs on this key now would compete with it (set XDG_CACHE_HOME to a writable directory)"
-            )
+            # Pacing alone here would be the unshared rate the shared quota exists to rule out: refuse instead.
+            raise UsageError(
+                f"cannot share the quota with other runs on this host: {exc}; set XDG_CACHE_HOME to a writable "
+                "directory, or give --quota off to pace this run alone on purpose"
+            ) from None
     elif pacing.quota not in ("local", "off"):
         store = RedisStore(pacing.quota, digest)
     if store is None:
