@@ -34,7 +34,6 @@ __all__ = [
     "quota_back_line",
     "quota_paused_line",
     "quota_shared_line",
-    "quota_unshared_line",
     "recovered_line",
     "reopened_line",
     "report_row",
@@ -182,13 +181,6 @@ def quota_shared_line(quota: str) -> str:
     if quota == "local":
         return "pacing shared with the other runs on this host that use this AccessKeyId and endpoint"
     return f"pacing shared through {describe(quota)} with every run on this AccessKeyId and endpoint"
-
-
-def quota_unshared_line(problem: str) -> str:
-    return (
-        f"cannot share the quota with other runs on this host ({problem}); this run paces alone, so other runs on "
-        "this key now would compete with it (set XDG_CACHE_HOME to a writable directory)"
-    )
 
 
 def quota_paused_line(problem: str, outage_s: float) -> str:

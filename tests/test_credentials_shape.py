@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,27 @@ def test_the_official_chain_applies_the_same_checks(tmp_path: Path) -> None:
     )
     (source,) = chain_sources({"ALIBABA_CLOUD_STS_ENDPOINT": "127.0.0.1:1"}, other)
     assert source.kind == "ram_role_arn"
+
+
+@pytest.mark.parametrize("relative", [".aliyun/config.json", ".alibabacloud/credentials.ini"])
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_credentials_file_that_is_no_regular_file_is_named_at_once(tmp_path: Path, relative: str, kind: str) -> None:
+    """config.json or credentials.ini that is a FIFO (a read would wait forever) or a directory (once silently
+    skipped, ending in 'no credentials found') is refused at once naming the file, by both readers."""
+    from snapbatch.vod.chain import chain_sources
+
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    for find in (find_credentials, chain_sources):
+        with pytest.raises(CredentialsError, match=f"^{path} is not a regular file"):
+            find({}, tmp_path)
+
+
+def test_credentials_file_named_by_the_environment_may_not_be_a_device(tmp_path: Path) -> None:
+    """ALIBABA_CLOUD_CREDENTIALS_FILE=/dev/zero is refused at once, not read until memory runs out."""
+    with pytest.raises(CredentialsError, match=r"^/dev/zero is not a regular file"):
+        find_credentials({"ALIBABA_CLOUD_CREDENTIALS_FILE": "/dev/zero"}, tmp_path)

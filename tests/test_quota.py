@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from snapbatch.run.quota import (
     Reservation,
     SharedLimiter,
     SlotStore,
+    StoreUnavailable,
     describe,
     next_slot,
     resolve_quota,
@@ -77,7 +79,9 @@ def test_runs_sharing_a_host_file_keep_the_guarantee_exactly(
             else:
                 reservation, slot = pending.pop(r)
                 if clock[0] - slot <= HOLD_S:
-                    recorded.append(await store.confirm(reservation))
+                    start = await store.confirm(reservation)
+                    assert start is not None  # on time: within HOLD_S of its slot
+                    recorded.append(start)
                 heapq.heappush(events, (clock[0] + gaps[step % len(gaps)], r, step, "reserve"))
 
     anyio.run(go)
@@ -286,3 +290,124 @@ def test_redis_sequence_that_starts_afresh_waits_one_window(tmp_path: Path) -> N
         after, _ = anyio.run(go, server.url)
     assert after[0] == 1.0
     assert 1.0 < delays[3] <= 2.0  # the 1st start (1 s ahead) + a window, less the little time since
+
+
+def test_a_run_stalled_past_its_slot_never_starts_later_than_the_store_counts(tmp_path: Path) -> None:
+    """A run whose intent commit (or event loop) stalls 1 s between its slot and its confirmation does not start
+    on that stale reservation: the store counted it as starting HOLD_S after its slot at the latest, so the
+    run reserves again and starts exactly when the store records (else others' slots, computed from that
+    record, could crowd the real start)."""
+    clock = [50.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async def stall() -> None:
+        clock[0] += 1.0
+
+    async def go() -> tuple[float, int]:
+        store = HostFileStore(tmp_path / "k.json", clock=lambda: clock[0])
+        limiter = SharedLimiter(RateWindow(30), store, clock=lambda: clock[0], sleep=sleep)
+        await limiter.acquire()
+        start = await limiter.acquire(before=stall)
+        await store.aclose()
+        return start - limiter.recorded[-1], limiter.missed
+
+    late_by, missed = anyio.run(go)
+    assert abs(late_by) <= 1e-9 and missed == 1
+
+
+def test_a_store_too_slow_to_hold_a_slot_is_an_outage_not_a_silent_stall(tmp_path: Path) -> None:
+    """A store whose every answer takes longer than HOLD_S (a slow Redis, say) loses every slot: after a few
+    in a row the run hears that sending has stopped, and past the outage bound it stops with
+    QuotaUnavailable (exit 5), instead of sending nothing forever without a word."""
+    clock = [10.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        await anyio.lowlevel.checkpoint()  # so the hang guard below can fire on a store that stalls forever
+
+    class SlowStore(HostFileStore):  # the real host-file store, answering each reservation late
+        async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+            reservation = await super().reserve(window_s, interval_s, cap)
+            clock[0] += HOLD_S + 0.1
+            await anyio.lowlevel.checkpoint()
+            return reservation
+
+    heard: list[str | None] = []
+
+    async def go() -> str:
+        store = SlowStore(tmp_path / "k.json", clock=lambda: clock[0])
+        limiter = SharedLimiter(
+            RateWindow(30), store, clock=lambda: clock[0], sleep=sleep, on_store=heard.append, outage_s=30.0
+        )
+        try:
+            with pytest.raises(QuotaUnavailable) as stopped, anyio.fail_after(20):  # a hang guard, not a timing
+                await limiter.acquire()
+            return str(stopped.value)
+        finally:
+            await store.aclose()
+
+    message = anyio.run(go)
+    assert heard and heard[0] is not None and "too slowly" in heard[0]
+    assert "unreachable for" in message and "too slowly" in message
+
+
+def test_redis_refuses_a_confirmation_later_than_the_hold(tmp_path: Path) -> None:
+    """On Redis's clock: a reservation confirmed more than HOLD_S after its slot is refused (None), as is one
+    Redis no longer holds (flushed), so the caller reserves again instead of starting unrecorded or late."""
+
+    async def go(url: str) -> tuple[float | None, float | None]:
+        store = RedisStore(url, "late")
+        try:
+            first = await store.reserve(1.0, 0.0, 30)  # a fresh sequence: slot one window ahead
+            on_time = await store.reserve(1.0, 0.0, 30)
+            await anyio.sleep(first.delay_s + HOLD_S + 0.05)  # Redis's clock passes the hold, for certain
+            late = await store.confirm(first)
+            await store._client.flushdb()
+            return late, await store.confirm(on_time)
+        finally:
+            await store.aclose()
+
+    with redis_server(tmp_path) as server:
+        late, gone = anyio.run(go, server.url)
+    assert late is None and gone is None
+
+
+def test_a_failed_write_of_the_host_file_never_forgets_the_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of the host file that fails (disk full, or the run killed mid-update) leaves the starts recorded
+    before, or a file read as torn (first slot one window ahead), never an empty file read as a new key whose
+    first slot is now while 30 calls were just made."""
+    clock = [5.0]
+    store = HostFileStore(tmp_path / "k.json", clock=lambda: clock[0])
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    async def go() -> float:
+        for _ in range(30):
+            r = await store.reserve(W, 0.0, 30)
+            await store.confirm(r)
+        with monkeypatch.context() as patched:
+            patched.setattr("snapbatch.run.quota.os.pwrite", full)
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(W, 0.0, 30)
+        return (await store.reserve(W, 0.0, 30)).delay_s
+
+    assert anyio.run(go) >= W - 1e-9
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:hunt/er2@cache:6379/0", "redis://:hunt#er2@cache:6379/0", "redis://:hunt?er2@h/0"]
+)
+def test_a_quota_url_whose_password_breaks_the_syntax_is_refused_without_showing_it(url: str) -> None:
+    """A password with an unencoded / # or ? splits the URL elsewhere (urlsplit then reads part of it as a port
+    or a path): the URL is refused as a usage error that shows no part of the password, and describe never
+    raises (its ValueError once named the password's first characters as a port)."""
+    with pytest.raises(UsageError) as refused:
+        resolve_quota(url, None, None)
+    shown = str(refused.value) + describe(url)
+    assert "hunt" not in shown and "er2" not in shown
+    assert "percent-encode" in str(refused.value)

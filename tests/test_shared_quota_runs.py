@@ -97,6 +97,23 @@ def test_unreachable_redis_stops_the_run_with_exit_5(cli: CliRunner, tmp_path: P
     assert json.loads(status.out)["counts"]["pending"] == 3, status.out
 
 
+def test_an_unwritable_cache_is_refused_rather_than_pacing_alone(cli: CliRunner, tmp_path: Path) -> None:
+    """When the host file cannot be made (XDG_CACHE_HOME is a file), the run refuses with exit 2 and sends
+    nothing, instead of pacing alone at the full rate beside runs it cannot see; --quota off runs knowingly."""
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("version: 1\nbatch: t\njobs:\n  - {name: all, videos: {file: ids.txt}, params: {Count: 1}}\n")
+    (tmp_path / "not-a-dir").write_text("")
+    env = {**ENV, "XDG_CACHE_HOME": str(tmp_path / "not-a-dir")}
+    with running() as emu:
+        refused = cli("run", str(manifest), "--endpoint", emu.url, env=env)
+        assert emu.emulator.calls == []
+        alone = cli("run", str(manifest), "--endpoint", emu.url, "--quota", "off", env=env)
+    assert refused.code == 2, refused.err
+    assert "cannot share the quota with other runs on this host" in refused.err and "--quota off" in refused.err
+    assert alone.code == 0, alone.err
+
+
 def test_quota_from_the_manifest_and_the_environment(cli: CliRunner, tmp_path: Path) -> None:
     """The manifest's `quota` applies when neither SNAPBATCH_QUOTA nor --quota is given, the environment
     wins over it and --quota over both; a password in the URL never shows; a bad value exits 2."""

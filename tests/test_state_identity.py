@@ -123,6 +123,46 @@ def test_a_state_file_deleted_or_replaced_under_a_run_stops_its_writes(tmp_path:
         state.close()
 
 
+def test_a_state_file_renamed_under_a_run_keeps_its_records_under_the_new_name(tmp_path: Path) -> None:
+    """A state file renamed while a run holds it: the run stops naming where the file went, and the file under
+    its new name already holds what the run recorded up to its last lease renewal (SQLite refuses to
+    checkpoint a moved file, so records left only in the journal beside the old name would be resent)."""
+    path = tmp_path / "s.sqlite3"
+    state = State(path)
+    state.lock(time.time())
+    state.set_meta({"batch": "renamed"})
+    state.renew()
+    moved = tmp_path / "moved.sqlite3"
+    os.rename(path, moved)
+    assert state.vanished() == f"was moved to {moved}"
+    with pytest.raises(StateError, match=f"{path}-wal"):
+        state.renew()
+    state.close()
+    # the new name alone (its own journal does not exist): what a run given the new name would read
+    (tmp_path / "alone.sqlite3").write_bytes(moved.read_bytes())
+    db = sqlite3.connect(tmp_path / "alone.sqlite3")
+    assert db.execute("SELECT value FROM meta WHERE name = 'batch'").fetchone() == ("renamed",)
+    db.close()
+
+
+def test_a_state_file_truncated_or_overwritten_under_a_run_stops_its_writes(tmp_path: Path) -> None:
+    """The state file emptied or overwritten in place (same inode) while a run holds it: noticed like a
+    deleted one, instead of going on in a journal whose database is gone."""
+    for how in ("truncated", "overwritten"):
+        path = tmp_path / f"{how}.sqlite3"
+        state = State(path)
+        state.lock(time.time())
+        if how == "truncated":
+            os.truncate(path, 0)
+        else:
+            with open(path, "r+b") as f:
+                f.write(b"not a database at all")
+        assert state.vanished() == "was truncated or overwritten"
+        with pytest.raises(StateError, match="was truncated or overwritten"):
+            state.renew()
+        state.close()
+
+
 def test_status_and_report_refuse_another_batchs_state(cli: CliRunner, tmp_path: Path) -> None:
     """status and report given the state of another batch exit 6, as run does, instead of showing that
     batch under this manifest's name."""

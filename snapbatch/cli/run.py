@@ -37,7 +37,6 @@ from snapbatch.report import (
     quota_back_line,
     quota_paused_line,
     quota_shared_line,
-    quota_unshared_line,
     recovered_line,
     reopened_line,
     report_row,
@@ -175,9 +174,6 @@ class _Printer(RunEvents):
             self.log(margin_line(margin_s))
         if quota != "off":
             self.log(quota_shared_line(quota))
-
-    def unshared(self, problem: str) -> None:
-        self.log(quota_unshared_line(problem))
 
     def quota_paused(self, problem: str, outage_s: float) -> None:
         self.log(quota_paused_line(problem, outage_s))

@@ -88,8 +88,11 @@ class SlotStore(Protocol):
         """Reserve the next slot (see ``next_slot``), counting as starting HOLD_S after it until confirmed."""
         ...
 
-    async def confirm(self, reservation: Reservation) -> float:
-        """Record that the reserved call starts now; return the start recorded (on the store's clock)."""
+    async def confirm(self, reservation: Reservation) -> float | None:
+        """Record that the reserved call starts now; return the start recorded (on the store's clock), or None
+        when it is too late: more than HOLD_S after the slot, or the store no longer holds the reservation
+        (pruned, flushed). The store has counted it as starting by HOLD_S after its slot at the latest (or not
+        at all), so starting on it now could crowd the calls others reserved since: reserve again."""
         ...
 
     async def aclose(self) -> None: ...
@@ -143,13 +146,14 @@ class HostFileStore:
             doc["starts"][rid] = [slot, None]
             return Reservation(rid, slot - now)
 
-    async def confirm(self, reservation: Reservation) -> float:
+    async def confirm(self, reservation: Reservation) -> float | None:
         async with self._locked() as (now, doc):
             entry = doc["starts"].get(reservation.id)
-            if entry is None:  # pruned: only after a pause far longer than HOLD_S, which the limiter refuses
-                return now
-            entry[1] = min(max(now, entry[0]), entry[0] + HOLD_S)
-            return float(entry[1])
+            if entry is None or entry[1] is not None or now > entry[0] + HOLD_S:
+                return None  # too late (or reset): it stays counted as starting HOLD_S after its slot
+            start = max(now, float(entry[0]))
+            entry[1] = start
+            return start
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[tuple[float, dict[str, Any]]]:
@@ -166,8 +170,12 @@ class HostFileStore:
             doc = self._read(now)
             yield now, doc
             doc["starts"] = {k: v for k, v in doc["starts"].items() if _effective(v) > now - _KEEP_S}
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, json.dumps(doc).encode(), 0)
+            # Write over the old text, then cut its tail: a write that fails or is cut short (disk full, killed)
+            # leaves the old starts or a torn file (read as a reset), never an empty file read as a new key.
+            data = json.dumps(doc).encode()
+            if os.pwrite(self._fd, data, 0) != len(data):
+                raise OSError(f"short write of {len(data)} bytes")
+            os.ftruncate(self._fd, len(data))
         except OSError as exc:
             raise StoreUnavailable(f"cannot update {self.path}: {exc}") from None
         finally:
@@ -233,10 +241,11 @@ _CONFIRM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local held = redis.call('HGET', KEYS[1], ARGV[1])
-if not held then return now end
+if not held then return false end
 held = tonumber(held)
+if now > held then return false end
 local start = math.max(now, held - tonumber(ARGV[2]))
-if start < held then redis.call('HSET', KEYS[1], ARGV[1], start) else start = held end
+redis.call('HSET', KEYS[1], ARGV[1], start)
 return start
 """
 
@@ -269,8 +278,9 @@ class RedisStore:
         rid, delay_us = await self._call(self._reserve, args)
         return Reservation(str(int(rid)), int(delay_us) / 1e6)
 
-    async def confirm(self, reservation: Reservation) -> float:
-        return int(await self._call(self._confirm, [reservation.id, round(HOLD_S * 1e6)])) / 1e6
+    async def confirm(self, reservation: Reservation) -> float | None:
+        start = await self._call(self._confirm, [reservation.id, round(HOLD_S * 1e6)])
+        return None if start is None else int(start) / 1e6
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
         from redis.exceptions import RedisError
@@ -293,8 +303,23 @@ def describe(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
+    if _malformed(url):  # what urlsplit took for a port or a path may be part of a password
+        return f"{parts.scheme}://{host}(malformed)"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _malformed(url: str) -> bool:
+    """A URL urlsplit cannot split safely: a password holding an unencoded / ? # or @ moves the split."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for what is no port
+    except ValueError:
+        return True
+    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+
+
+MISSED_IN_A_ROW = 5  # slots lost in a row before a slow store counts as unavailable
 
 
 class SharedLimiter(Limiter):
@@ -324,6 +349,7 @@ class SharedLimiter(Limiter):
         self.recorded: deque[float] = deque(maxlen=100_000)
         self._down_since: float | None = None
         self._backoff_s = _BACKOFF_FIRST_S
+        self._missed_in_a_row = 0
 
     async def acquire(self, before: Callable[[], Awaitable[None]] | None = None) -> float:
         """As Limiter.acquire: ``before`` (the run's intent) is awaited once, when a slot has come, before the
@@ -342,13 +368,18 @@ class SharedLimiter(Limiter):
                         await self.sleep(max(0.0, received + reservation.delay_s - self.clock()))
                     start = self.clock()
                     if start - (now + reservation.delay_s) > HOLD_S:
-                        self.missed += 1
+                        await self._missed()
                         continue
                     if before is not None and not committed:
                         await before()
                         committed = True
                         start = self.clock()
-                    self.recorded.append(await self.store.confirm(reservation))
+                    recorded = await self.store.confirm(reservation)
+                    if recorded is None:  # stalled past the hold (e.g. a slow intent commit): the slot is gone
+                        await self._missed()
+                        continue
+                    self.recorded.append(recorded)
+                    self._missed_in_a_row = 0
                 except StoreUnavailable as exc:
                     await self._unavailable(str(exc))
                     continue
@@ -357,6 +388,16 @@ class SharedLimiter(Limiter):
                     self.on_store(None)
                 self.admitted += 1
                 return start
+
+    async def _missed(self) -> None:
+        """A slot given up. A store that answers slower than HOLD_S loses every slot: after a few in a row that
+        is an outage like an unreachable one (pause, say so, exit 5 past the bound), never a silent stall."""
+        self.missed += 1
+        self._missed_in_a_row += 1
+        if self._missed_in_a_row >= MISSED_IN_A_ROW:
+            await self._unavailable(
+                f"it answers too slowly to hold a slot: {self._missed_in_a_row} slots missed in a row"
+            )
 
     async def _unavailable(self, problem: str) -> None:
         now = self.clock()
@@ -390,6 +431,11 @@ def resolve_quota(flag: str | None, env_value: str | None, manifest_value: str |
         if not value:
             continue
         parts = urlsplit(value)
+        if "://" in value and _malformed(value):
+            raise UsageError(
+                f"{where} is {describe(value)}, which cannot be read as a URL: percent-encode the password's "
+                "reserved characters (/ ? # @ as %2F %3F %23 %40)"
+            )
         if value in ("local", "off") or (parts.scheme in _REDIS_SCHEMES and parts.netloc):
             return value
         if parts.scheme == "unix" and parts.path:
@@ -413,17 +459,19 @@ async def open_limiter(
     *,
     on_throttled: Callable[[float], object] | None = None,
     on_store: Callable[[str | None], None] = lambda message: None,
-    on_unshared: Callable[[str], None] = lambda problem: None,
 ) -> AsyncIterator[Limiter]:
-    """The limiter for a run: alone, or sharing the key's quota through the host file or Redis.
-    ``on_unshared(problem)``: the host file cannot be used, so this run paces alone."""
+    """The limiter for a run: alone, or sharing the key's quota through the host file or Redis."""
     digest = key_digest(endpoint, access_key_id)
     store: SlotStore | None = None
     if pacing.quota == "local" and pacing.cache is not None:
         try:
             store = HostFileStore(pacing.cache / "quota" / f"{digest}.json")
         except OSError as exc:
-            on_unshared(str(exc))
+            # Pacing alone here would be the unshared rate the shared quota exists to rule out: refuse instead.
+            raise UsageError(
+                f"cannot share the quota with other runs on this host: {exc}; set XDG_CACHE_HOME to a writable "
+                "directory, or give --quota off to pace this run alone on purpose"
+            ) from None
     elif pacing.quota not in ("local", "off"):
         store = RedisStore(pacing.quota, digest)
     if store is None:

@@ -90,9 +90,6 @@ class RunEvents:
         shared store's URL; ``margin_s`` is the margin earlier runs on this key learned from throttles, when
         it is wider than the default."""
 
-    def unshared(self, problem: str) -> None:
-        """The quota cannot be shared on this host (the file for it cannot be used): this run paces alone."""
-
     def quota_paused(self, problem: str, outage_s: float) -> None:
         """The shared quota cannot be reached: nothing is sent until it can, for at most ``outage_s``."""
 
@@ -329,7 +326,6 @@ async def _run(make_session: Callable[[], _Session], progress_every_s: float, ha
             owner,
             on_throttled=margins.save if margins is not None else None,
             on_store=session.on_store,
-            on_unshared=session.events.unshared,
         ) as limiter,
         VodClient(session.endpoint, session.credentials, max_connections=session.options.concurrency) as client,
         anyio.create_task_group() as tg,

@@ -312,6 +312,16 @@ class State:
                 )
             lease["renewed"] = self.clock()
             db.execute("UPDATE meta SET value = ? WHERE name = 'lease'", (json.dumps(lease),))
+        # Bring the database file up to the journal every renewal: SQLite refuses to checkpoint a file renamed
+        # under it, so otherwise a rename strands every record in the journal beside the old name, and a run
+        # given the new name would resend them. PASSIVE never waits for the reader.
+        try:
+            with self._lock:
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"cannot write the state file {self.path}: {exc}; check free disk space and permissions"
+            ) from None
 
     def unlock(self) -> None:
         if self._fd is not None and self._locked:
@@ -355,17 +365,37 @@ class State:
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
-            return "was deleted (or moved away)"
+            moved = self._moved_to()
+            return f"was moved to {moved}" if moved else "was deleted (or moved away)"
         except OSError as exc:
             return f"can no longer be checked ({exc.strerror or exc})"
         if (now.st_dev, now.st_ino) != self.identity:
             return "was replaced by another file"
+        # same file, but emptied or written over in place: the journal's pages would land in a wreck
+        if self._fd is not None and os.pread(self._fd, 16, 0) != b"SQLite format 3\x00":
+            return "was truncated or overwritten"
         return None
+
+    def _moved_to(self) -> Path | None:
+        """Where the open database file is now, if it was renamed rather than deleted (Linux's /proc knows)."""
+        if self._fd is None:
+            return None
+        try:
+            where = os.readlink(f"/proc/self/fd/{self._fd}")
+        except OSError:
+            return None
+        return None if where.endswith(" (deleted)") else Path(where)
 
     def check_identity(self) -> None:
         """StateError when the file at our path is not the database open here: writing on would record the
         batch in a file nobody will ever read again."""
         what = self.vanished()
+        if what is not None and what.startswith("was moved to"):
+            raise StateError(
+                f"the state file {self.path} {what} while this run was using it; stopped sending. Its last "
+                f"records are in {self.path}-wal beside the old name: move the file back to {self.path} before "
+                "any other run (under another name it lacks them, and they would be sent again)"
+            )
         if what is not None:
             raise StateError(
                 f"the state file {self.path} {what} while this run was using it; stopped sending so that no "

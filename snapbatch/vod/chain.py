@@ -25,7 +25,15 @@ from types import ModuleType
 from typing import Any
 
 from snapbatch.errors import CredentialsError
-from snapbatch.vod.credentials import Credentials, _from_cli_config, _from_ini, checked, find_credentials, ini_path
+from snapbatch.vod.credentials import (
+    Credentials,
+    _from_cli_config,
+    _from_ini,
+    checked,
+    find_credentials,
+    ini_path,
+    read_config_file,
+)
 from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials, redact
 
 __all__ = ["INSTALL", "Source", "chain_sources", "find_provider", "library", "sts_endpoint"]
@@ -196,9 +204,10 @@ def _oidc_from_env(env: Mapping[str, str]) -> Source:
 
 def _read_cli_config(path: Path) -> dict[str, Any] | None:
     """The CLI's configuration when it reads as one; anything else is left to ``_from_cli_config``'s errors."""
+    data = read_config_file(path)  # a FIFO, device or directory is named here, never read
     try:
-        config = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
+        config = json.loads(data.decode("utf-8-sig")) if data is not None else None
+    except ValueError:
         return None
     return config if isinstance(config, dict) else None
 
@@ -289,8 +298,12 @@ def _from_profile(
 
 def _ini_default(path: Path) -> dict[str, str] | None:
     parser = configparser.ConfigParser(interpolation=None)
+    data = read_config_file(path)  # a FIFO, device or directory is named here, never read
+    if data is None:
+        return None
     try:
-        if not parser.read(path, encoding="utf-8-sig") or not parser.has_section("default"):
+        parser.read_string(data.decode("utf-8-sig"), source=str(path))
+        if not parser.has_section("default"):
             return None
     except (configparser.Error, UnicodeDecodeError):
         return None  # _from_ini says what is wrong

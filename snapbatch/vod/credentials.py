@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,9 @@ from typing import Any
 
 from snapbatch.errors import CredentialsError
 
-__all__ = ["Credentials", "checked", "find_credentials", "ini_path"]
+__all__ = ["Credentials", "checked", "find_credentials", "ini_path", "read_config_file"]
+
+_MAX_CONFIG_BYTES = 1 << 20  # an aliyun CLI config or credentials.ini is a few KB
 
 _HOW = (
     "give an AccessKey in one of three ways: (1) ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
@@ -143,12 +147,9 @@ def checked(creds: Credentials) -> Credentials:
 
 def _read_cli_config(path: Path) -> dict[str, Any] | None:
     """The aliyun CLI's config.json (a UTF-8 BOM is fine), checked for the shape snapbatch reads; None if absent."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = read_config_file(path)
+    if data is None:
         return None
-    except OSError as exc:
-        raise CredentialsError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or remove it") from None
     try:
         config = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
@@ -182,8 +183,12 @@ def _read_cli_config(path: Path) -> dict[str, Any] | None:
 def _read_ini(parser: configparser.ConfigParser, path: Path) -> bool:
     """Read credentials.ini into ``parser`` (a UTF-8 BOM is fine); False if absent. Errors name the line, not
     its text, which may hold a secret."""
+    data = read_config_file(path)
+    if data is None:
+        return False
     try:
-        return bool(parser.read(path, encoding="utf-8-sig"))
+        parser.read_string(data.decode("utf-8-sig"), source=str(path))
+        return True
     except UnicodeDecodeError:
         raise CredentialsError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except configparser.MissingSectionHeaderError as exc:
@@ -202,3 +207,29 @@ def _read_ini(parser: configparser.ConfigParser, path: Path) -> bool:
         raise CredentialsError(f"{path} line {lines}: not `name = value`; fix the line") from None
     except configparser.Error:
         raise CredentialsError(f"cannot parse {path}; it should be an INI file with a [default] section") from None
+
+
+def read_config_file(path: Path) -> bytes | None:
+    """The bytes of a credentials file, or None if there is none. Opened without blocking and checked to be a
+    regular file of sane size first: a FIFO would wait forever and /dev/zero fill memory, and a directory or an
+    unreadable file must be named rather than skipped (ending in a puzzling 'no credentials found')."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise CredentialsError(
+            f"{path} is not a regular file (a directory); give the credentials file itself"
+        ) from None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or remove it") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO, socket or device"
+        raise CredentialsError(f"{path} is not a regular file ({kind}); give the credentials file itself")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(_MAX_CONFIG_BYTES + 1)
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise CredentialsError(f"{path} is over {_MAX_CONFIG_BYTES} bytes, too big for a credentials file; check it")
+    return data
