@@ -1,8 +1,9 @@
 """Search listings and the state file: listing pages are written through the state's one transaction (so a
-replaced file stops a listing at its next page)."""
+replaced file stops a listing at its next page), and `plan` only ever reads a batch's state file."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import textwrap
@@ -16,6 +17,7 @@ from snapbatch.emulator import EmulatorConfig
 from snapbatch.emulator.catalogue import Catalogue
 from snapbatch.errors import StateError
 from snapbatch.models import Search
+from snapbatch.run import state as state_module
 from snapbatch.run.listings import ListingStore
 from snapbatch.run.state import State
 from tests.conftest import CliRunner
@@ -100,3 +102,54 @@ def test_listing_writes_check_the_locked_files_identity(tmp_path: Path) -> None:
     finally:
         store.close()
         state.close()
+
+
+def _user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _frozen_state(cli: CliRunner, tmp_path: Path) -> tuple[Path, Path]:
+    manifest = _manifest(tmp_path)
+    config = EmulatorConfig(qps=1000, search_qps=1000, catalogue=_catalogue(150))
+    with running(config) as emu:
+        r = cli("run", str(manifest), "--endpoint", emu.url, "--qps", "1000", "--search-qps", "1000", env=ENV)
+    assert r.code == 0, r.err
+    state_path = tmp_path / ".snapbatch" / "s.sqlite3"
+    assert state_path.exists() and not Path(f"{state_path}-wal").exists()
+    return manifest, state_path
+
+
+def test_plan_leaves_an_existing_state_file_untouched(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plan` reads the frozen listings of a state file written by an older snapbatch (one migration
+    behind this one) without upgrading it: same bytes, same mtime, same schema version, no journal left."""
+    manifest, state_path = _frozen_state(cli, tmp_path)
+    before = state_path.read_bytes()
+    version = _user_version(state_path)
+    os.utime(state_path, (1_700_000_000, 1_700_000_000))
+    # this snapbatch knows one migration more than the file has
+    monkeypatch.setattr(state_module, "MIGRATIONS", (*state_module.MIGRATIONS, ("CREATE TABLE later (x)",)))
+    monkeypatch.setattr(state_module, "SCHEMA_VERSION", state_module.SCHEMA_VERSION + 1)
+    r = cli("plan", str(manifest), "--offline", "--format", "jsonl")
+    assert r.code == 0, r.err
+    videos = [json.loads(line)["params"]["VideoId"] for line in r.out.splitlines()]
+    assert len(videos) == 151 and "v-extra-0001" in videos  # the frozen 150 and the listed one
+    assert state_path.read_bytes() == before
+    assert os.stat(state_path).st_mtime == 1_700_000_000
+    assert _user_version(state_path) == version
+    assert sorted(p.name for p in state_path.parent.iterdir()) == ["s.sqlite3"]
+
+
+@pytest.mark.parametrize("how", ["--offline", "no credentials"])
+def test_plan_with_a_search_job_and_no_state_creates_no_file(cli: CliRunner, tmp_path: Path, how: str) -> None:
+    """Without a state file, `plan` of a manifest with a search job creates none (nor its folder)."""
+    manifest = _manifest(tmp_path)
+    r = cli("plan", str(manifest), *(["--offline"] if how == "--offline" else []), env={"HOME": str(tmp_path)})
+    assert r.code == 0, r.err
+    assert "v-extra-0001" in r.out
+    assert not (tmp_path / ".snapbatch").exists()
