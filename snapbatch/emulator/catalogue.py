@@ -38,7 +38,7 @@ SCROLL_WINDOW = 100  # records from the page last served to the page asked for, 
 MAX_PAGE_SIZE = 100
 _STATUSES = ("Uploading", "UploadFail", "UploadSucc", "Transcoding", "TranscodeFail", "Blocked", "Normal", "Checking")
 _FIELDS = {"VideoId", "Title", "Tags", "CateId", "Status", "CreationTime"}
-_TOKEN = re.compile(r"\s*(?:('[^']*')|(-?\d+)|([A-Za-z_][A-Za-z0-9_]*)|([=(),\[\]]))")
+_TOKEN = re.compile(r"\s*(?:('[^']*')|(-?\d+)|([A-Za-z_][A-Za-z0-9_]*)|(!=|[=(),\[\]]))")
 
 Predicate = Callable[[int], bool]
 
@@ -158,6 +158,11 @@ class Catalogue:
                 if take() != ")":
                     raise _bad("The specified parameter Match is not valid: unclosed value list.")
                 return self.condition(field, values)
+            if op == "!=":  # as vod-api.md lists it: whatever `field = value` would not select
+                if peek() in ("(", "["):
+                    raise _bad("The specified parameter Match is not valid: != takes one value.")
+                equal = self.condition(field, [value()])
+                return lambda i: not equal(i)
             if op != "=":
                 raise _bad(f"The specified operator {op} is not valid in Match.")
             if peek() in ("(", "["):
