@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -430,6 +430,19 @@ class State:
                 self._fd = None
 
     # -- writing --------------------------------------------------------------------------------------
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The one write path into the file, for every table (the listings' too): one IMMEDIATE transaction,
+        refused with StateError when the file was replaced under a run holding the lock."""
+        return self._tx()
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read on the reader's connection (it never waits for the writer)."""
+        try:
+            with self._read_lock:
+                return self.reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the state file {self.path}: {exc}; check that it is intact") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
