@@ -72,10 +72,12 @@ async def poll_jobs(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     stop: anyio.Event | None = None,
+    result: PollResult | None = None,
 ) -> PollResult:
     """Poll until every open job was asked once (or, with ``until_done``, until none is open), the timeout
-    passes, ``stop`` is set, or a fatal answer (credentials) comes back."""
-    result = PollResult()
+    passes, ``stop`` is set, or a fatal answer (credentials) comes back. ``result``: the PollResult to fill in
+    and return, for a caller that reads its counts while the poll goes."""
+    result = result if result is not None else PollResult()
     deadline = clock() + options.timeout_s if options.timeout_s is not None else math.inf
 
     def over() -> bool:
