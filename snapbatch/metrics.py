@@ -300,7 +300,7 @@ class MetricsFile:
     def started(self, state: State) -> None:
         """The command has its state (locked, recovered, events absorbed): the first write, before any call."""
         self.began = self.monotonic()
-        requests, jobs, accepted, completed = _read(state, with_jobs=self.command == "poll")
+        requests, jobs, accepted, completed = _read(state, self.command)
         self.last_accepted_at = accepted
         self._write(self._snapshot(requests=requests, jobs=jobs, last_completed_at=completed))
 
@@ -313,7 +313,7 @@ class MetricsFile:
     def poll_progress(self, state: State) -> None:
         """A poll's tick (in a worker thread): the state's counts now, and the answers so far."""
         if self.monotonic() - self._last_write >= EVERY_S:
-            requests, jobs, _, completed = _read(state, with_jobs=True)
+            requests, jobs, _, completed = _read(state, self.command)
             self._write(self._snapshot(requests=requests, jobs=jobs, last_completed_at=completed))
 
     def stopped(self, reason: str) -> None:
@@ -389,7 +389,7 @@ class MetricsFile:
             return None, None, None, None
         try:
             state.check_batch(self.batch)
-            return _read(state, with_jobs=self.command == "poll")
+            return _read(state, self.command)
         except SnapbatchError:  # another batch's file, or one that cannot be read: no counts rather than wrong ones
             return None, None, None, None
         finally:
@@ -413,16 +413,13 @@ class MetricsFile:
             self._failing = False
 
 
-def _read(state: State, *, with_jobs: bool) -> tuple[dict[str, int], dict[str, int] | None, float | None, float | None]:
-    """Requests by status, jobs by completion (when asked: it reads every submitted request), the last
-    accepted call's time and the latest completion's."""
+def _read(state: State, command: str) -> tuple[dict[str, int], dict[str, int] | None, float | None, float | None]:
+    """Requests by status; for a run the last accepted call's time, for a poll jobs by completion and the
+    latest completion's time (each of those reads every request: only what the command's file shows)."""
     counts = state.counts()
     requests = {s.value: counts[s.value] for s in RequestStatus} | {"not_in_manifest": counts["not_in_manifest"]}
-    jobs: dict[str, int] | None = None
-    completed: float | None = None
-    if with_jobs:
-        completion = state.completion_counts()
-        jobs = {k: int(completion[k]) for k in _COMPLETIONS}
-        latest = completion["last_completed_at"]
-        completed = None if latest is None else float(latest)
-    return requests, jobs, state.last_submitted_at(), completed
+    if command == "run":
+        return requests, None, state.last_submitted_at(), None
+    completion = state.completion_counts()
+    latest = completion["last_completed_at"]
+    return requests, {k: int(completion[k]) for k in _COMPLETIONS}, None, None if latest is None else float(latest)
