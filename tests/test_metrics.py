@@ -232,6 +232,42 @@ def test_poll_writes_jobs_by_completion_and_its_exit(cli: CliRunner, tmp_path: P
     _no_temporaries(tmp_path)
 
 
+def test_sigterm_during_polls_pause_writes_interrupted(tmp_path: Path) -> None:
+    """A real `poll --until-done` process, SIGTERMed once it has asked about every job (it then pauses an hour
+    before the next pass): it ends at once with exit 5, and its file says reason interrupted, 4 jobs processing,
+    and no finish time (it did not end by itself)."""
+    path = manifest(tmp_path, 4)
+    prom = tmp_path / "poll.prom"
+    with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=10_000, callback_drop_rate=1.0)) as r:
+        assert main(["run", str(path), "--endpoint", r.url], env=ENV, stdout=io.StringIO(), stderr=io.StringIO()) == 0
+        asked = threading.Event()
+
+        def observe(entry: dict[str, object]) -> None:
+            if len(r.emulator.calls) >= 8:  # the run's 4 SubmitSnapshotJob calls, then the poll's 4 questions
+                asked.set()
+
+        r.emulator.observers.append(observe)
+        proc = subprocess.Popen(
+            [
+                *(_script(), "poll", str(path), "--endpoint", r.url),
+                *("--until-done", "--every", "3600", "--metrics-file", str(prom)),
+            ],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert asked.wait(60), "the poll never asked about the 4 jobs"
+        proc.send_signal(signal.SIGTERM)
+        err = _finish(proc, [])
+    assert proc.returncode == 5, err
+    m = _metrics(prom)
+    assert (_get(m, "snapbatch_exit_code"), _get(m, "snapbatch_exit_reason", reason="interrupted")) == (5, 1)
+    assert _get(m, "snapbatch_jobs", completion="processing") == 4
+    assert _get(m, "snapbatch_finished_timestamp_seconds") is None
+    assert _get(m, "snapbatch_end_timestamp_seconds") is not None
+
+
 def test_credentials_locked_and_state_exits_write_their_reason(cli: CliRunner, tmp_path: Path) -> None:
     """Exit 4 (no credentials), 3 (the state locked by another run) and 6 (another batch's state): each writes
     its exit code and reason for the manifest's batch; counts only where the batch's own state can be read."""
