@@ -23,10 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from snapbatch.cli.main import main
 from snapbatch.emulator import DROP_AFTER, EmulatorConfig
+from snapbatch.manifest.load import load_manifest
 from snapbatch.metrics import EVERY_S, MetricsFile, Snapshot, render, write_atomically
 from snapbatch.models import RequestStatus
-from snapbatch.run.session import Progress, Tally
+from snapbatch.run.runner import RunOptions
+from snapbatch.run.session import Progress, RunEvents, Tally, run_manifest
 from snapbatch.run.state import State
+from snapbatch.vod.credentials import Credentials
 from tests.completion_rig import manifest, rig
 from tests.conftest import ROOT, CliRunner
 from tests.emulated import AK_ID, AK_SECRET, running
@@ -395,6 +398,40 @@ def test_progress_writes_come_at_most_every_interval(tmp_path: Path) -> None:
             writes.append(second)
     assert writes == [0, int(EVERY_S), int(2 * EVERY_S), int(3 * EVERY_S)]
     assert _get(_metrics(prom), "snapbatch_retries_total") == 3 * EVERY_S
+
+
+def test_a_run_checkpoints_off_the_event_loop_right_after_each_progress(tmp_path: Path) -> None:
+    """Each progress tick is followed by a checkpoint with the same Progress, in a worker thread (where the
+    metrics file is written, off the loop that paces the calls); 3 calls at 2/s take over a second, so with
+    10 ms ticks there are some."""
+
+    class Recorder(RunEvents):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, Progress, int]] = []
+
+        def progress(self, progress: Progress) -> None:
+            self.seen.append(("progress", progress, threading.get_ident()))
+
+        def checkpoint(self, progress: Progress) -> None:
+            self.seen.append(("checkpoint", progress, threading.get_ident()))
+
+    events = Recorder()
+    with running(EmulatorConfig(qps=1000)) as emu:
+        finished = run_manifest(
+            load_manifest(_manifest(tmp_path, 3), {}),
+            tmp_path / "s.sqlite3",
+            emu.url,
+            Credentials(AK_ID, AK_SECRET),
+            qps=2,
+            options=RunOptions(),
+            events=events,
+            progress_every_s=0.01,
+            handle_signals=False,
+        )
+    assert finished.counts["submitted"] == 3
+    pairs = list(zip(events.seen[::2], events.seen[1::2], strict=False))
+    assert pairs and all(p[0] == "progress" and c[0] == "checkpoint" for p, c in pairs), events.seen
+    assert all(c[1] is p[1] and c[2] != p[2] for p, c in pairs)  # the same look, another thread
 
 
 def test_labels_are_escaped_so_any_batch_name_parses(tmp_path: Path) -> None:
