@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import re
+import sqlite3
 import tempfile
 import threading
 import time
@@ -313,7 +314,10 @@ class MetricsFile:
     def poll_progress(self, state: State) -> None:
         """A poll's tick (in a worker thread): the state's counts now, and the answers so far."""
         if self.monotonic() - self._last_write >= EVERY_S:
-            requests, jobs, _, completed = _read(state, self.command)
+            try:
+                requests, jobs, _, completed = _read(state, self.command)
+            except (SnapbatchError, sqlite3.Error):  # the poll itself meets and reports what is wrong
+                return
             self._write(self._snapshot(requests=requests, jobs=jobs, last_completed_at=completed))
 
     def stopped(self, reason: str) -> None:
@@ -390,7 +394,7 @@ class MetricsFile:
         try:
             state.check_batch(self.batch)
             return _read(state, self.command)
-        except SnapbatchError:  # another batch's file, or one that cannot be read: no counts rather than wrong ones
+        except (SnapbatchError, sqlite3.Error):  # another batch's, or unreadable: no counts rather than wrong ones
             return None, None, None, None
         finally:
             state.close()
