@@ -517,8 +517,8 @@ def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
     before = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    finally:  # None: a handler set outside Python, which cannot be put back from here
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 def _command(args: argparse.Namespace, environ: Mapping[str, str], out: Out, metrics: MetricsFile | None) -> int:
