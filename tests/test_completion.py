@@ -254,6 +254,37 @@ def test_poll_until_done_waits_between_passes_and_times_out(tmp_path: Path) -> N
             state.close()
 
 
+def test_a_stop_during_the_pause_between_passes_ends_the_poll_at_once(tmp_path: Path) -> None:
+    """poll_jobs with until_done, stopped (SIGTERM) while it pauses between passes: the pause is cut short and
+    the poll returns with the jobs still open, instead of sitting out --every (here a sleep that never ends
+    by itself; a bound of 60 s only keeps a regression from hanging the suite)."""
+    path = manifest(tmp_path, 4)
+    with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=10_000, callback_drop_rate=1.0)) as r:
+        assert _run_quietly(path, r.url) == 0
+        state = State(tmp_path / ".snapbatch" / "t.sqlite3")
+        paused = []
+
+        async def poll() -> object:
+            stop = anyio.Event()
+
+            async def sleep(seconds: float) -> None:
+                paused.append(seconds)
+                stop.set()  # the signal comes while the poll pauses
+                await anyio.sleep_forever()
+
+            creds = Credentials(AK_ID, AK_SECRET, None, "test")
+            with anyio.fail_after(60):
+                async with VodClient(r.url, creds) as client:
+                    options = PollOptions(until_done=True, every_s=3600)
+                    return await poll_jobs(state, client, Limiter(RateWindow(1000)), options, sleep=sleep, stop=stop)
+
+        try:
+            result = anyio.run(poll)
+        finally:
+            state.close()
+    assert paused == [3600] and result.passes == 1 and result.open_left == 4  # type: ignore[attr-defined]
+
+
 def test_resubmit_failed_jobs_sends_them_again(cli: CliRunner, tmp_path: Path) -> None:
     """Requests whose job failed after submission are sent again with --resubmit-failed-jobs (and only
     then); their new jobs complete and replace the failure."""

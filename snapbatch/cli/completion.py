@@ -18,6 +18,7 @@ from snapbatch.completion.events import EventStore, default_events_path
 from snapbatch.completion.poller import PollOptions, PollResult, poll_jobs
 from snapbatch.completion.receiver import Receiver, ReceiverConfig
 from snapbatch.errors import UsageError
+from snapbatch.metrics import EVERY_S, MetricsFile
 from snapbatch.models import Manifest
 from snapbatch.run.limiter import Limiter, RateWindow
 from snapbatch.run.state import State
@@ -86,8 +87,8 @@ def receive_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) 
     return EXIT["ok"]
 
 
-def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
-    manifest, state = open_state(args, env)
+def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out, metrics: MetricsFile | None = None) -> int:
+    manifest, state = open_state(args, env, metrics)
     try:
         endpoint = resolve_target(args, manifest, env)
         # run's credentials chain (renewed as they expire: a long --until-done outlives an STS token)
@@ -109,7 +110,10 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> 
         changed = absorb_events(args, manifest, state)
         if changed:
             out.log(f"{changed} requests updated from the receiver's events")
-        result = anyio.run(_poll_async, state, endpoint, creds, options, args, manifest, out)
+        if metrics is not None:
+            metrics.poll = PollResult()
+            metrics.started(state)
+        result = anyio.run(_poll_async, state, endpoint, creds, options, args, manifest, out, metrics)
         counts, completion = state.counts(), state.completion_counts()
     finally:
         state.close()
@@ -135,6 +139,8 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> 
     if completion["processing"] or completion["unknown"]:
         if result.timed_out:
             out.log("--timeout reached with jobs still open; poll again later")
+        if metrics is not None and metrics.stop_reason is None:  # a signal said "interrupted" already
+            metrics.stopped("timeout" if result.timed_out else "open-jobs")
         return EXIT["stopped"]
     if completion["failed"] or counts["failed"] or counts["in_doubt"] or counts["pending"] or counts["sending"]:
         return EXIT["failed"]
@@ -149,6 +155,7 @@ async def _poll_async(
     args: argparse.Namespace,
     manifest: Manifest,
     out: Out,
+    metrics: MetricsFile | None,
 ) -> PollResult:
     stop = anyio.Event()
 
@@ -156,8 +163,15 @@ async def _poll_async(
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             async for signum in received:
                 out.log(f"{signal.Signals(signum).name}: stopping after the calls in flight")
+                if metrics is not None:
+                    metrics.stopped("interrupted")
                 stop.set()
                 return
+
+    async def write_metrics(metrics: MetricsFile) -> None:
+        while True:
+            await anyio.sleep(EVERY_S)
+            await anyio.to_thread.run_sync(metrics.poll_progress, state)
 
     async with (
         VodClient(endpoint, creds, max_connections=options.concurrency) as client,
@@ -166,6 +180,8 @@ async def _poll_async(
         if threading.current_thread() is threading.main_thread():
             tg.start_soon(signals)
         tg.start_soon(creds.keep_fresh)  # renews STS credentials ahead of expiry, off the calls' path
+        if metrics is not None:
+            tg.start_soon(write_metrics, metrics)
         result = await poll_jobs(
             state,
             client,
@@ -173,6 +189,7 @@ async def _poll_async(
             options,
             absorb=lambda: absorb_events(args, manifest, state),
             stop=stop,
+            result=metrics.poll if metrics is not None else None,
         )
         tg.cancel_scope.cancel()
     return result

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import ssl
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TextIO
@@ -40,6 +43,7 @@ from snapbatch.errors import (
 )
 from snapbatch.manifest.expand import expand, search_jobs, survey
 from snapbatch.manifest.load import load_manifest
+from snapbatch.metrics import MetricsFile
 from snapbatch.models import MIN_QPS
 from snapbatch.report import plan_jsonl, plan_line, plan_summary
 from snapbatch.run.listings import ListingError
@@ -206,6 +210,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="progress line interval (default: 1 s on a terminal, 10 s in a log)",
     )
+    _add_metrics_arg(p)
 
     p = sub.add_parser(
         "status",
@@ -287,6 +292,7 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         "--every", type=_positive_float, default=60.0, metavar="SECONDS", help="pause between passes (default 60)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
+    _add_metrics_arg(p)
 
     p = sub.add_parser(
         "emulator",
@@ -412,6 +418,16 @@ def _add_events_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write Prometheus metrics to PATH (a name ending in .prom, for node_exporter's textfile collector) at "
+        "the start, with the progress at most every 10 s, and at the exit, whatever the exit",
+    )
+
+
 def _add_state_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state", type=Path, metavar="PATH", help="state file (default .snapbatch/BATCH.sqlite3 beside the manifest)"
@@ -470,6 +486,43 @@ def main(
     if args.command is None:
         parser.print_help(out.stdout)
         return EXIT["usage"]
+    metrics: MetricsFile | None = None
+    if getattr(args, "metrics_file", None) is not None:
+        try:  # refused before anything is read or sent: a file no one can collect monitors nothing
+            metrics = MetricsFile(args.metrics_file, args.command, log=out.log)
+        except UsageError as exc:
+            out.log(str(exc))
+            return EXIT["usage"]
+    code: int | None = None
+    try:
+        with _sigterm_interrupts(args.command in ("run", "poll")):
+            code = _command(args, environ, out, metrics)
+    finally:
+        if metrics is not None:  # every exit writes its reason, a traceback's too ("crashed")
+            metrics.finish(code)
+    return code
+
+
+@contextmanager
+def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
+    """SIGTERM as Ctrl-C for run and poll outside their own signal handling (reading the manifest, say): exit
+    130 after the usual words and the metrics file's last write, not a silent death."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back from here
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+def _command(args: argparse.Namespace, environ: Mapping[str, str], out: Out, metrics: MetricsFile | None) -> int:
+    """The command's exit code, its errors mapped to theirs."""
     try:
         if args.command == "validate":
             return _validate(args, environ, out)
@@ -478,7 +531,7 @@ def main(
         if args.command == "emulator":
             return _emulator(args, out)
         if args.command == "run":
-            return run_command(args, environ, out)
+            return run_command(args, environ, out, metrics)
         if args.command == "status":
             return status_command(args, environ, out)
         if args.command == "report":
@@ -486,7 +539,7 @@ def main(
         if args.command == "receive":
             return receive_command(args, environ, out)
         if args.command == "poll":
-            return poll_command(args, environ, out)
+            return poll_command(args, environ, out, metrics)
     except ManifestError as exc:
         out.problems(exc.problems)
         return EXIT["usage"]

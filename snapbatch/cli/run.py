@@ -24,7 +24,8 @@ from snapbatch.emulator.catalogue import Catalogue, load_catalogue
 from snapbatch.errors import SnapbatchError, StateError, UsageError
 from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
-from snapbatch.models import Manifest
+from snapbatch.metrics import MetricsFile
+from snapbatch.models import Manifest, Outcome
 from snapbatch.report import (
     COMPLETION_WORDS,
     REPORT_FIELDS,
@@ -114,9 +115,11 @@ def absorb_events(args: argparse.Namespace, manifest: Manifest, state: State) ->
         store.close()
 
 
-def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out, metrics: MetricsFile | None = None) -> int:
     manifest = load_manifest(args.manifest, env)
     out.problems(manifest.warnings)
+    if metrics is not None:
+        metrics.for_batch(manifest.batch, _state_path(args, manifest), args.qps or manifest.qps)
     quota = resolve_quota(args.quota, env.get("SNAPBATCH_QUOTA"), manifest.quota)
     if args.emulator:  # a throwaway emulator and key: nothing to share with, nothing worth learning
         creds = Credentials(
@@ -129,10 +132,10 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> i
             catalogue=_catalogue(args, manifest, out),
         )
         with running_emulator(Emulator(config)) as served:
-            return _run(args, manifest, served.url, StaticCredentials(creds), out, Pacing("off"))
+            return _run(args, manifest, served.url, StaticCredentials(creds), out, Pacing("off"), metrics)
     endpoint = resolve_target(args, manifest, env)
     provider = find_provider(env, Path(env.get("HOME", str(Path.home()))), args.profile, log=out.log)
-    return _run(args, manifest, endpoint, provider, out, Pacing(quota, cache_dir(env), args.quota_wait))
+    return _run(args, manifest, endpoint, provider, out, Pacing(quota, cache_dir(env), args.quota_wait), metrics)
 
 
 def _catalogue(args: argparse.Namespace, manifest: Manifest, out: Out) -> Catalogue | None:
@@ -157,10 +160,11 @@ def resolve_target(args: argparse.Namespace, manifest: Manifest, env: Mapping[st
 
 
 class _Printer(RunEvents):
-    """The run's events as log lines on stderr; on a terminal, progress is one line rewritten in place."""
+    """The run's events as log lines on stderr; on a terminal, progress is one line rewritten in place. With a
+    metrics file, the answers are counted for it and it is written on the progress tick."""
 
-    def __init__(self, out: Out, start: str, resend_in_doubt: bool) -> None:
-        self.out, self.start, self.resend_in_doubt = out, start, resend_in_doubt
+    def __init__(self, out: Out, start: str, resend_in_doubt: bool, metrics: MetricsFile | None = None) -> None:
+        self.out, self.start, self.resend_in_doubt, self.metrics = out, start, resend_in_doubt, metrics
         self.tty = out.stderr.isatty()
         self.live = False  # a progress line without its newline is on the terminal
 
@@ -194,6 +198,14 @@ class _Printer(RunEvents):
         else:
             self.out.log(progress_line(progress))
 
+    def outcome(self, key: str, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.record(outcome)
+
+    def checkpoint(self, progress: Progress) -> None:
+        if self.metrics is not None:
+            self.metrics.progress(progress)
+
     def stopping(self, signal_name: str, drain_s: float) -> None:
         self.log(signal_line(signal_name, drain_s))
 
@@ -217,6 +229,7 @@ def _run(
     creds: CredentialsProvider,
     out: Out,
     pacing: Pacing,
+    metrics: MetricsFile | None = None,
 ) -> int:
     qps = args.qps or manifest.qps
     options = RunOptions(
@@ -227,7 +240,7 @@ def _run(
         max_duration_s=args.max_duration,
     )
     start = start_line(manifest.batch, endpoint, creds.current().access_key_id, creds.source, qps, options.concurrency)
-    printer = _Printer(out, start, args.in_doubt == "resend")
+    printer = _Printer(out, start, args.in_doubt == "resend", metrics)
     try:
         finished = run_manifest(
             manifest,
@@ -241,11 +254,13 @@ def _run(
             pacing=pacing,
             relist=getattr(args, "relist", False),
             search_qps=getattr(args, "search_qps", None) or SEARCH_QPS,
-            prepare=lambda state: _prepare(args, manifest, state, out),
+            prepare=lambda state: _prepare(args, manifest, state, out, metrics),
         )
     finally:
         printer.end_line()
     result, after = finished.result, finished.counts
+    if metrics is not None:  # the runner's own count: the progress tick's may be up to a tick old
+        metrics.retries = result.retries
     summary = run_summary(manifest.batch, after, result)
     for line in stop_lines(result, options.max_attempts):
         out.log(line)
@@ -256,16 +271,20 @@ def _run(
     if finished.unfinished_listings and code == EXIT["ok"]:  # stopped while listing: nothing pending, work left
         out.log(unfinished_listings_line(finished.unfinished_listings))
         code = EXIT["interrupted"] if result.stop_reason == StopReason.INTERRUPTED else EXIT["stopped"]
+    if metrics is not None and code == EXIT["stopped"]:
+        metrics.stopped(result.stop_reason.value if result.stop_reason is not None else "stopped")
     return code
 
 
-def _prepare(args: argparse.Namespace, manifest: Manifest, state: State, out: Out) -> None:
+def _prepare(args: argparse.Namespace, manifest: Manifest, state: State, out: Out, metrics: MetricsFile | None) -> None:
     # an event naming a request in doubt proves its job exists: it must not be sent again
     resolved = absorb_events(args, manifest, state)
     if resolved:
         out.log(absorbed_line(resolved))
     if getattr(args, "resubmit_failed_jobs", False):
         out.log(reopened_line(state.reopen_failed_jobs()))
+    if metrics is not None:  # the counts this run starts from, before anything is sent
+        metrics.started(state)
 
 
 @contextmanager
@@ -339,11 +358,15 @@ def _exit_code(result: RunResult, after: dict[str, int]) -> int:
     return EXIT["ok"]
 
 
-def open_state(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Manifest, State]:
+def open_state(
+    args: argparse.Namespace, env: Mapping[str, str], metrics: MetricsFile | None = None
+) -> tuple[Manifest, State]:
     """The batch's state file, refused (exit 6) when it is missing, not a state file, or another batch's:
-    its counts and rows are not this manifest's."""
+    its counts and rows are not this manifest's. ``metrics`` learns the batch as soon as the manifest is read."""
     manifest = load_manifest(args.manifest, env, check_ids=False)
     path = _state_path(args, manifest)
+    if metrics is not None:
+        metrics.for_batch(manifest.batch, path, args.qps)
     if not path.exists():
         raise StateError(
             f"no state file at {path}: nothing has been run for this batch yet (or give --state, "

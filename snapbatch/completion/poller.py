@@ -72,10 +72,12 @@ async def poll_jobs(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     stop: anyio.Event | None = None,
+    result: PollResult | None = None,
 ) -> PollResult:
     """Poll until every open job was asked once (or, with ``until_done``, until none is open), the timeout
-    passes, ``stop`` is set, or a fatal answer (credentials) comes back."""
-    result = PollResult()
+    passes, ``stop`` is set, or a fatal answer (credentials) comes back. ``result``: the PollResult to fill in
+    and return, for a caller that reads its counts while the poll goes."""
+    result = result if result is not None else PollResult()
     deadline = clock() + options.timeout_s if options.timeout_s is not None else math.inf
 
     def over() -> bool:
@@ -107,12 +109,29 @@ async def poll_jobs(
             break
         wait = min(options.every_s, deadline - clock())
         if wait > 0:
-            await sleep(wait)
+            await _pause(sleep, wait, stop)
         if over():
             break
     result.open_left = _count_open(state)
     result.timed_out = result.open_left > 0 and clock() >= deadline
     return result
+
+
+async def _pause(sleep: Callable[[float], Awaitable[None]], seconds: float, stop: anyio.Event | None) -> None:
+    """``sleep(seconds)``, cut short by ``stop``: a SIGTERM during --until-done's pause ends the poll now, not
+    after --every seconds (a supervisor's grace period is often shorter)."""
+    if stop is None:
+        await sleep(seconds)
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def wake() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wake)
+        await sleep(seconds)
+        tg.cancel_scope.cancel()
 
 
 async def _ask(

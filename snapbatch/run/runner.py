@@ -157,11 +157,12 @@ class _Run:
         clock: Callable[[], float],
         rng: random.Random,
         more_coming: Callable[[], bool],
+        result: RunResult,
     ) -> None:
         self.state, self.sender, self.limiter, self.options = state, sender, limiter, options
         self.on_outcome, self.clock, self.rng, self.more_coming = on_outcome, clock, rng, more_coming
         self.writer = _Writer(state)
-        self.result = RunResult()
+        self.result = result
         self.in_flight = 0
         self.proven = False
         self.reached = False  # some HTTP answer came back
@@ -380,13 +381,17 @@ async def run_batch(
     stop: anyio.Event | None = None,
     hard_stop: anyio.Event | None = None,
     more_coming: Callable[[], bool] = lambda: False,
+    result: RunResult | None = None,
 ) -> RunResult:
     """Send everything the state has pending (and whatever an ingest still running adds, while
     ``more_coming()``). ``on_outcome(key, outcome)`` hears of every attempt as it comes back. Set ``stop`` to
     finish early (Ctrl-C): no new calls start, calls in flight get ``drain_s`` to finish, and anything still
     unanswered is left 'sending' for State.recover(). Set ``hard_stop`` too (a second Ctrl-C) to abandon the
-    calls in flight at once. Raises StateError when the state file is deleted or replaced under the run."""
-    run = _Run(state, sender, limiter, options, on_outcome, clock, rng or random.Random(), more_coming)
+    calls in flight at once. Raises StateError when the state file is deleted or replaced under the run.
+    ``result``: the RunResult to fill in and return, for a caller that reads its counts while the run goes."""
+    run = _Run(
+        state, sender, limiter, options, on_outcome, clock, rng or random.Random(), more_coming, result or RunResult()
+    )
     run.initial_work = sum(state.counts()[s] for s in run.statuses)
     started = clock()
     async with anyio.create_task_group() as outer:

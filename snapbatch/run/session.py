@@ -75,6 +75,7 @@ class Progress:
     ingesting: bool  # the manifest is still going into the state: the total will grow
     listing: ListingInfo | None = None  # a search job being listed (its page last committed); nothing sent yet
     paused: bool = False  # the shared quota cannot be reached: nothing is sent until it can
+    retries: int = 0  # requests this run has put back to be sent again so far
 
 
 class RunEvents:
@@ -107,6 +108,10 @@ class RunEvents:
 
     def progress(self, progress: Progress) -> None:
         """Every ``progress_every_s`` while the run goes."""
+
+    def checkpoint(self, progress: Progress) -> None:
+        """Right after each ``progress``, in a worker thread: for slower work (writing a file) that must not
+        hold up the event loop, and so the calls' pacing."""
 
     def stopping(self, signal_name: str, drain_s: float) -> None:
         """A signal (SIGINT, SIGTERM) asked the run to stop: no new calls start; those in flight get
@@ -219,6 +224,7 @@ class _Session:
     relist: bool
     search_qps: float
     tally: Tally = field(default_factory=Tally)
+    result: RunResult = field(default_factory=RunResult)  # the runner's, filled in as the run goes
     ingested: anyio.Event = field(default_factory=anyio.Event)
     abandon: threading.Event = field(default_factory=threading.Event)
     listing: ListingInfo | None = None  # the page last committed, while a search job is being listed
@@ -280,17 +286,18 @@ class _Session:
         while True:
             await anyio.sleep(every_s)
             counts = await anyio.to_thread.run_sync(self.state.counts)
-            self.events.progress(
-                Progress(
-                    counts,
-                    replace(self.tally),
-                    clock() - started,
-                    self.options.in_doubt == "resend",
-                    ingesting=not self.ingested.is_set(),
-                    listing=self.listing,
-                    paused=self.paused_at is not None,
-                )
+            progress = Progress(
+                counts,
+                replace(self.tally),
+                clock() - started,
+                self.options.in_doubt == "resend",
+                ingesting=not self.ingested.is_set(),
+                listing=self.listing,
+                paused=self.paused_at is not None,
+                retries=self.result.retries,
             )
+            self.events.progress(progress)
+            await anyio.to_thread.run_sync(self.events.checkpoint, progress)
 
     async def signals(self, stop: anyio.Event, hard_stop: anyio.Event) -> None:
         # The receiver stays open for the whole run: a second signal must stop at once, not raise
@@ -345,6 +352,7 @@ async def _run(make_session: Callable[[], _Session], progress_every_s: float, ha
             stop=stop,
             hard_stop=hard_stop,
             more_coming=lambda: not session.ingested.is_set(),
+            result=session.result,
         )
         session.abandon.set()  # an unfinished ingest commits as it goes and is redone next time
         if margins is not None:

@@ -733,6 +733,12 @@ class State:
                 self.reader.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0]
             )
 
+    def last_submitted_at(self) -> float | None:
+        """When the service last accepted a request of this file (any run, any generation); None: never."""
+        with self._read_lock:
+            found = self.reader.execute("SELECT MAX(submitted_at) FROM requests").fetchone()[0]
+        return None if found is None else float(found)
+
     # -- completion -----------------------------------------------------------------------------------
 
     def set_meta(self, values: dict[str, str]) -> None:
