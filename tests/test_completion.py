@@ -414,7 +414,8 @@ def test_poll_renews_credentials_ahead_of_expiry_in_the_background(
 ) -> None:
     """`snapbatch poll` keeps its credentials fresh like run does: with credentials two thirds into their life
     (by an injected clock that then stands still, so no call finds them expired), its background task
-    exchanges them once and later GetJobDetail calls are signed with the new key."""
+    exchanges them once and later GetJobDetail calls are signed with the new key. Slow by nature: 60 GetJobDetail
+    calls at 30/s, time for the background renewal to land among them."""
     clock = [1000.0]
     fetches: list[str] = []
 

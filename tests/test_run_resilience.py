@@ -72,7 +72,8 @@ def _jobs_per_video(calls: list[dict[str, Any]]) -> dict[str, int]:
 
 def test_kill_9_mid_run_loses_nothing(cli: CliRunner, tmp_path: Path) -> None:
     """kill -9 while calls are in flight: the next run finds them in doubt, resends them, and every video
-    gets its job; a video has two jobs only if its call was in flight at the kill."""
+    gets its job; a video has two jobs only if its call was in flight at the kill. Slow by nature: a run in a process
+    of its own (startup, imports) and 200 calls."""
     path = _manifest(tmp_path, 200)
     with running(EmulatorConfig(qps=1000, latency_ms=(30, 60))) as emu:
         in_flight = _kill_run_after(emu, path, tmp_path, calls=60, qps="200")
@@ -87,7 +88,8 @@ def test_kill_9_mid_run_loses_nothing(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_cleanly_with_130(cli: CliRunner, tmp_path: Path) -> None:
-    """SIGTERM: no new calls, those in flight finish and are recorded, exit 130; the next run completes."""
+    """SIGTERM: no new calls, those in flight finish and are recorded, exit 130; the next run completes. Slow by
+    nature: a run in a process of its own, then the rest of 150 calls."""
     path = _manifest(tmp_path, 150)  # 1.5 s of sending at 100/s: SIGTERM after 20 calls leaves most unsent
     with running(EmulatorConfig(qps=1000, latency_ms=(20, 40))) as emu:
         reached = _calls_reached(emu, 20)
@@ -324,7 +326,7 @@ def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path, _cache
 def test_a_throttled_run_leaves_its_margin_for_the_next(cli: CliRunner, tmp_path: Path, _cache_home: Path) -> None:
     """Throttles widen the margin; the run keeps it under the cache directory, in a file named by a hash
     (neither the key id nor the secret in its name or content), and the next run on that endpoint and key
-    starts from it and says so."""
+    starts from it and says so. Slow by nature: the throttled calls wait for the emulator's 4/s window."""
     with running(EmulatorConfig(qps=4)) as emu:
         # 6 calls paced at 10/s arrive within about 0.5 s: the emulator's 4/s throttles at least one
         first = cli("run", str(_manifest(tmp_path, 6)), "--endpoint", emu.url, "--qps", "10", env=ENV)
@@ -341,7 +343,8 @@ def test_a_throttled_run_leaves_its_margin_for_the_next(cli: CliRunner, tmp_path
 
 def test_progress_lines_without_a_terminal(cli: CliRunner, tmp_path: Path) -> None:
     """Without a terminal, plain progress log lines on stderr at the chosen interval; errors
-    (5xx, lost answers) show with the latest one's code, so a stuck night run says why."""
+    (5xx, lost answers) show with the latest one's code, so a stuck night run says why. Slow by nature: 45 requests
+    at the real 30/s, so that three 0.3 s progress lines fit."""
     with running(EmulatorConfig(faults={"InternalError": 0.3}, seed=4)) as emu:
         r = cli("run", str(_manifest(tmp_path, 45)), "--endpoint", emu.url, "--progress-every", "0.3", env=ENV)
     lines = [line for line in r.err.splitlines() if re.search(r"\d+/45 submitted, [\d.]+/s, ETA", line)]
@@ -375,7 +378,8 @@ def test_unusable_state_file_exits_6(cli: CliRunner, tmp_path: Path) -> None:
 
 def test_status_of_a_running_batch(cli: CliRunner, tmp_path: Path) -> None:
     """While a run is going, status names its pid and shows its rate (measured since it started, not
-    diluted over a minute it has not run yet) and a matching ETA; after it, 'not running'."""
+    diluted over a minute it has not run yet) and a matching ETA; after it, 'not running'. Slow by nature: a run in a
+    process of its own, asked while it sends at 40/s."""
     path = _manifest(tmp_path, 400)
     with running(EmulatorConfig(qps=1000)) as emu:
         reached = _calls_reached(emu, 30)
@@ -402,7 +406,8 @@ def test_status_of_a_running_batch(cli: CliRunner, tmp_path: Path) -> None:
 
 def test_progress_line_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal, one live progress line rewritten in place (carriage returns, no new lines). 40
-    requests at 30/s take over 1.3 s, room for three lines 0.3 s apart."""
+    requests at 30/s take over 1.3 s, room for three lines 0.3 s apart. Slow by nature: that real pacing, and a run
+    in a process of its own on a pty."""
     import pty
 
     path = _manifest(tmp_path, 40)
@@ -433,7 +438,8 @@ def test_progress_line_on_a_terminal(tmp_path: Path) -> None:
 
 def test_repeated_kill_9_at_random_moments(cli: CliRunner, tmp_path: Path) -> None:
     """Four runs killed at random moments, then one to the end: nothing lost, and no more second jobs
-    than calls that were in flight at the kills."""
+    than calls that were in flight at the kills. Slow by nature: five runs, four of them processes of their own (a
+    second of startup each on a loaded machine)."""
     import random
 
     rnd = random.Random(7)
@@ -456,7 +462,7 @@ def test_full_disk_is_a_clear_error_and_corrupts_nothing(
     """The state file cannot grow (a file-size limit, as on a full disk), whether it fills while the manifest
     goes in or while calls are recorded: exit 6 saying what to check; the state stays intact and the next run
     finishes the batch without losing a request. (200 requests: more than 16 KiB to ingest, under 400 KiB, and
-    their calls outgrow 400 KiB.)"""
+    their calls outgrow 400 KiB.) Slow by nature: a run in a process of its own under the cap, then 200 calls."""
     import resource
 
     path = _manifest(tmp_path, 200)

@@ -200,7 +200,8 @@ def test_run_freezes_the_listing_and_relist_takes_it_again(
     cli: CliRunner, tmp_path: Path, catalogue: Catalogue, rows: list[dict[str, Any]]
 ) -> None:
     """A search job runs end to end: exactly the matching videos are sent, an ID file's overlap is folded;
-    a video uploaded later is not sent by the next run (the list is frozen), and `run --relist` adds it."""
+    a video uploaded later is not sent by the next run (the list is frozen), and `run --relist` adds it. Slow by
+    nature: three runs, one of them sending about 400 calls in-process."""
     match = "CateId = 1234 and Status = 'Blocked' and CreationTime = ('2026-06-01T00:00:00Z','2026-08-01T00:00:00Z')"
     expected = _expected(
         rows,
