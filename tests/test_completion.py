@@ -277,7 +277,8 @@ def test_a_batch_with_failing_jobs_and_lost_events_ends_fully_known(cli: CliRunn
     """200 videos, 5% of jobs failing, 10% of events lost and 10% delivered twice: after the run, the
     callbacks and one poll, every video's final state is known and matches the emulator's; poll exits 1
     (some jobs failed). The same batch of 100 without failures exits 0. (bench/completion.py runs 10,000;
-    here the seeded faults still leave about 10 failed jobs and 20 lost events, all a run must reconcile.)"""
+    here the seeded faults still leave about 10 failed jobs and 20 lost events, all a run must reconcile.) Slow by
+    nature: 300 calls sent in-process, their callbacks and a poll."""
     for fail_rate, expected, videos in ((0.05, 1, 200), (0.0, 0, 100)):
         work = tmp_path / f"f{fail_rate}"
         work.mkdir()

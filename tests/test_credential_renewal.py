@@ -280,8 +280,8 @@ def test_a_run_renews_ahead_of_expiry_in_the_background(
 ) -> None:
     """`snapbatch run` keeps its credentials fresh itself: with credentials two thirds into their life (by an
     injected clock that then stands still, so no call ever finds them expired and no answer says so), the
-    run's background task exchanges them once and the calls after it are signed with the new key. Slow by nature: a
-    real token exchange over TLS with the STS stand-in."""
+    run's background task exchanges them once and the calls after it are signed with the new key. Slow by nature:
+    60 calls at the real 30/s, so that the background renewal lands among them."""
     clock = [1000.0]
     fetches: list[str] = []
 
