@@ -25,6 +25,8 @@ def _clean_copy(dest: Path) -> Path:
 
 
 def test_wheel_ships_the_schema_and_validates_from_outside_the_checkout(tmp_path: Path) -> None:
+    """The wheel built from the committed files carries the schema and validates a manifest far from the
+    checkout. Slow by nature: a real `pip wheel` build, about 4 s."""
     source = _clean_copy(tmp_path / "source")
     wheels = tmp_path / "wheels"
     subprocess.run(

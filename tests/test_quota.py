@@ -55,7 +55,8 @@ def test_runs_sharing_a_host_file_keep_the_guarantee_exactly(
 ) -> None:
     """Runs interleaving on one host file (an injected clock; wake-ups late by up to 300 ms, beyond HOLD_S
     too; runs killed between reserving and starting): of the starts the store recorded, never more than
-    floor(qps) within any 1 s + margin."""
+    floor(qps) within any 1 s + margin. Slow: generated examples of up to 300 steps, each a real locked file read and
+    rewritten."""
     clock = [0.0]
     store = HostFileStore(tmp_path_factory.mktemp("q") / "k.json", clock=lambda: clock[0])
     cap, interval = max(1, math.floor(qps)), W / qps
@@ -136,7 +137,7 @@ async def _share(store_for: list[SlotStore], per_run: int, qps: float) -> list[S
 def test_three_runs_share_one_sequence(backend: str, tmp_path: Path) -> None:
     """Three limiters on one key, on the real clock, through the host file or a real redis-server: each gets
     all its calls, and the starts the store recorded (on its own clock) never exceed floor(qps) in any
-    1 s + margin."""
+    1 s + margin. Slow by nature: 90 admissions at 50/s on the real clock (about 2 s)."""
 
     async def go(url: str | None) -> list[SharedLimiter]:
         if url is None:
@@ -162,7 +163,8 @@ def test_three_runs_share_one_sequence(backend: str, tmp_path: Path) -> None:
 def test_redis_killed_and_restarted_mid_run(tmp_path: Path) -> None:
     """Redis killed while two runs share it: both stop admitting calls (and say so) until it is back (at
     most the one call whose answer from Redis was already on its way gets through), then both go on; across
-    the restart (Redis comes back empty) the recorded starts keep the guarantee."""
+    the restart (Redis comes back empty) the recorded starts keep the guarantee. Slow by nature: 120 admissions at
+    40/s on the real clock, a redis-server restart and the first window after it."""
     down: list[anyio.Event] = []
     back: list[anyio.Event] = []
 

@@ -34,7 +34,9 @@ def test_concurrent_runs_share_the_quota(runs: int, backend: str, tmp_path: Path
     """Two or three runs at once on one key, sharing on this host or through a real redis-server: every
     request is accepted exactly once, no second at the server holds more than 30 accepted calls, few calls
     are throttled (not sharing, they throttle each other on most calls), the runs overlap, and
-    each says how it paces. Rates and fairness are bench/shared_runners.py's to measure."""
+    each says how it paces. Rates and fairness are bench/shared_runners.py's to measure. Slow by nature: 120-180
+    calls at the shared 30/s (4-6 s) from processes of their own; fewer would let a run that starts late find the
+    others done."""
     n = 60
     with redis_server(tmp_path) if backend == "redis" else _nothing() as server:
         quota = server.url if server is not None else "local"
@@ -81,7 +83,7 @@ class _nothing:
 def test_unreachable_redis_stops_the_run_with_exit_5(cli: CliRunner, tmp_path: Path) -> None:
     """--quota pointing at a Redis nobody serves: nothing is sent (never an unshared rate), the log says the
     quota cannot be reached and that it retries, the progress line says it is paused, and after
-    --quota-wait the run stops with exit 5, its work left pending."""
+    --quota-wait the run stops with exit 5, its work left pending. Slow by nature: it sits out the 2 s --quota-wait."""
     (tmp_path / "ids.txt").write_text("a\nb\nc\n")
     manifest = tmp_path / "m.yaml"
     manifest.write_text("version: 1\nbatch: t\njobs:\n  - {name: all, videos: {file: ids.txt}, params: {Count: 1}}\n")

@@ -61,7 +61,8 @@ def test_untrusted_certificate_is_refused_before_sending() -> None:
 def test_emulator_command_serves_https_and_run_trusts_it_only_through_ssl_cert_file(tmp_path: Path) -> None:
     """`snapbatch emulator --tls-cert --tls-key` serves HTTPS. `snapbatch run` (a process of its own, with
     the system's trust store) refuses the unknown certificate and says the endpoint never answered;
-    trusting the CA through SSL_CERT_FILE, the same run goes through."""
+    trusting the CA through SSL_CERT_FILE, the same run goes through. Slow by nature: an emulator and two runs, each
+    a process of its own, over TLS."""
     ca = trustme.CA()
     served = ca.issue_cert("127.0.0.1", "localhost")
     cert, key, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
