@@ -15,7 +15,7 @@ pool's first connections are not counted):
 - snapbatch VodClient.submit: snapbatch's own client, a request built and signed afresh for each call, its
   answer classified (no runner, no limiter, no state).
 
-The httpx variants use pools of 4 connections side by side, as VodClient does.
+The httpx variants use pools of CONNECTIONS_PER_POOL connections side by side, as VodClient does.
 
 The tools take turns over ROUNDS rounds; the table gives the median and the range in ms of CPU a call.
 """
