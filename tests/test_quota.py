@@ -120,6 +120,37 @@ def test_next_slot_counts_the_capth_latest_start_in_any_order() -> None:
     assert next_slot(5.0, None, [4.9], 1.0, 0.1, 2) == 5.0
 
 
+@pytest.mark.parametrize(("qps", "step_s", "bound"), [(100, 0.0, 150), (1_000_000, 0.001, 1_400)])
+def test_the_host_file_stays_bounded_whatever_the_rate(tmp_path: Path, qps: float, step_s: float, bound: int) -> None:
+    """Thousands of calls on an injected clock, at the full rate of qps 100 and at 1,000 calls/s under a
+    lifted limit (qps 1,000,000): the host file keeps about ``cap`` reservations, or those of the last
+    1.3 s when fewer, so it stops growing (each call reads and writes that much, not the run's history),
+    and the starts it recorded still keep the guarantee."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    store = HostFileStore(path, clock=lambda: clock[0])
+    window_s = W
+    cap = max(1, math.floor(qps))
+    sizes: list[int] = []
+    recorded: list[float] = []
+
+    async def go() -> None:
+        for _ in range(6000):
+            reservation = await store.reserve(window_s, window_s / qps, cap)
+            clock[0] += reservation.delay_s
+            start = await store.confirm(reservation)
+            assert start is not None
+            recorded.append(start)
+            sizes.append(path.stat().st_size)
+            clock[0] += step_s
+
+    anyio.run(go)
+    entries = 8 + 8 + 1  # slot, start, confirmed: the file's bytes for one reservation
+    assert max(sizes[3000:]) <= max(sizes[:3000])  # it stopped growing
+    assert max(sizes) <= 128 + bound * entries
+    assert busiest_window(recorded, window_s - 1e-9) <= cap
+
+
 async def _share(store_for: list[SlotStore], per_run: int, qps: float) -> list[SharedLimiter]:
     limiters = [SharedLimiter(RateWindow(qps), store) for store in store_for]
     async with anyio.create_task_group() as tg:

@@ -25,13 +25,17 @@ the highest qps among the runs. The account has one limit: give every run on a k
 
 from __future__ import annotations
 
+import bisect
 import fcntl
-import json
+import math
 import os
 import random
+import struct
 import time
+import zlib
+from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +45,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from snapbatch.errors import UsageError
-from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.limiter import MAX_MARGIN_S, Limiter, RateWindow
 from snapbatch.run.margin import key_digest
 
 __all__ = [
@@ -63,7 +67,7 @@ __all__ = [
 
 HOLD_S = 0.2  # a reservation is used within this of its slot, or given up
 DEFAULT_OUTAGE_S = 60.0  # how long a run waits for an unreachable store before it stops (exit 5)
-_KEEP_S = 2.0  # starts older than this can no longer constrain a slot (windows are at most 1.05 s)
+_KEEP_S = 1.0 + MAX_MARGIN_S + 0.05  # starts older than this can no longer constrain a slot (no window is longer)
 _BACKOFF_FIRST_S, _BACKOFF_CAP_S = 0.1, 2.0
 
 
@@ -99,7 +103,7 @@ class SlotStore(Protocol):
 
 
 def next_slot(
-    now: float, last: float | None, starts: list[float], window_s: float, interval_s: float, cap: int
+    now: float, last: float | None, starts: Sequence[float], window_s: float, interval_s: float, cap: int
 ) -> float:
     """The shared sequence's arithmetic: at or after ``now``, ``interval_s`` after the ``last`` slot, and
     ``window_s`` after the ``cap``-th latest of the recorded ``starts`` (in any order)."""
@@ -117,46 +121,54 @@ def _boot() -> str:
         return str(round(time.time() - time.monotonic()))
 
 
-def _effective(entry: list[float | None]) -> float:
-    """A reservation's start as the window counts it: the recorded one, or the latest it may be."""
-    slot, start = entry
-    assert slot is not None
-    return slot + HOLD_S if start is None else start
-
-
 class HostFileStore:
-    """Slots in a small JSON file, read and written under an exclusive flock. The host's monotonic clock is
-    one clock for every process on it; after a reboot it restarts, and times "in the future" are dropped."""
+    """Slots in a small binary file, read and written under an exclusive flock. The host's monotonic clock is
+    one clock for every process on it; after a reboot it restarts, and times "in the future" are dropped.
+
+    The file holds only what a slot can still depend on: the last slot, and each reservation's slot and the
+    start it counts as (recorded, or HOLD_S after its slot until confirmed), in reservation order, so slots
+    never decrease along it. Two kinds drop off its head: reservations whose start is older than ``_KEEP_S``
+    (no window reaches that far back), and those at least HOLD_S before the ``cap``-th latest slot, which can
+    never again be among the ``cap`` latest starts (each later slot, and so its start, is at or after theirs
+    + HOLD_S). So the file stays at about ``cap`` reservations at full rate, whatever the rate, and each
+    reservation or confirmation is one read and one write of it, with work done per entry only in C
+    (copying arrays, a bisection, a sort of at most that many numbers)."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.clock = path, clock
         self.name = f"the host file {path}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._boot = _boot().encode()[:_BOOT_BYTES]
 
     async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
-        async with self._locked() as (now, doc):
-            starts = [_effective(entry) for entry in doc["starts"].values()]
-            slot = next_slot(now, doc["last"], starts, window_s, interval_s, cap)
-            if doc.pop("reset", False):  # calls made before cannot be seen, but none is within a window of now + W
+        async with self._locked(cap) as (now, seq):
+            slot = next_slot(now, None if math.isnan(seq.last) else seq.last, seq.starts, window_s, interval_s, cap)
+            if seq.reset:  # calls made before cannot be seen, but none is within a window of now + W
                 slot = max(slot, now + window_s)
-            doc["next"] += 1
-            rid = str(doc["next"])
-            doc["last"] = slot
-            doc["starts"][rid] = [slot, None]
-            return Reservation(rid, slot - now)
+                seq.reset = False
+            rid = seq.first + len(seq.slots)
+            seq.slots.append(slot)
+            seq.starts.append(slot + HOLD_S)
+            seq.confirmed.append(0)
+            seq.last = slot
+            return Reservation(str(rid), slot - now)
 
     async def confirm(self, reservation: Reservation) -> float | None:
-        async with self._locked() as (now, doc):
-            entry = doc["starts"].get(reservation.id)
-            if entry is None or entry[1] is not None or now > entry[0] + HOLD_S:
-                return None  # too late (or reset): it stays counted as starting HOLD_S after its slot
-            start = max(now, float(entry[0]))
-            entry[1] = start
+        async with self._locked(None) as (now, seq):
+            index = int(reservation.id) - seq.first
+            if not 0 <= index < len(seq.slots) or seq.confirmed[index]:
+                return None  # pruned, or the file started afresh: it counts as starting HOLD_S after its slot
+            slot = seq.slots[index]
+            if now > slot + HOLD_S:
+                return None  # too late: it stays counted as starting HOLD_S after its slot
+            start = max(now, slot)
+            seq.starts[index] = start
+            seq.confirmed[index] = 1
             return start
 
     @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[tuple[float, dict[str, Any]]]:
+    async def _locked(self, cap: int | None) -> AsyncIterator[tuple[float, _Sequence]]:
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -167,12 +179,13 @@ class HostFileStore:
                 raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
         try:
             now = self.clock()
-            doc = self._read(now)
-            yield now, doc
-            doc["starts"] = {k: v for k, v in doc["starts"].items() if _effective(v) > now - _KEEP_S}
-            # Write over the old text, then cut its tail: a write that fails or is cut short (disk full, killed)
-            # leaves the old starts or a torn file (read as a reset), never an empty file read as a new key.
-            data = json.dumps(doc).encode()
+            seq = self._read(now)
+            yield now, seq
+            seq.prune(now, cap)
+            # Write over the old bytes, then cut the tail: a write that fails or is cut short (disk full, killed)
+            # leaves the old starts or a torn file (its checksum fails: a reset), never an empty file read as a
+            # new key.
+            data = seq.pack(self._boot)
             if os.pwrite(self._fd, data, 0) != len(data):
                 raise OSError(f"short write of {len(data)} bytes")
             os.ftruncate(self._fd, len(data))
@@ -181,26 +194,84 @@ class HostFileStore:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _read(self, now: float) -> dict[str, Any]:
-        fresh: dict[str, Any] = {"last": None, "next": 0, "starts": {}, "boot": _boot()}
-        raw = os.pread(self._fd, 1 << 20, 0)
+    def _read(self, now: float) -> _Sequence:
+        raw = os.pread(self._fd, 1 << 16, 0)
         if not raw:
-            return fresh  # a new file: no run has used it
-        try:
-            doc = json.loads(raw)
-            if doc.get("boot") != fresh["boot"]:  # the monotonic clock restarted with the machine
-                return {**fresh, "reset": True}
-            last = None if doc["last"] is None else float(doc["last"])
-            starts = {
-                str(k): [float(slot), None if start is None else float(start)]
-                for k, (slot, start) in doc["starts"].items()
-            }
-            return {"last": last, "next": int(doc["next"]), "starts": starts, "boot": fresh["boot"]}
-        except (ValueError, TypeError, KeyError, AttributeError):  # a torn or foreign file: start afresh
-            return {**fresh, "reset": True}
+            return _Sequence.fresh(reset=False)  # a new file: no run has used it
+        if len(raw) == 1 << 16:  # more than a full-rate file at a few thousand calls/s: read it all
+            raw += os.pread(self._fd, os.fstat(self._fd).st_size, len(raw))
+        seq = _Sequence.unpack(raw, self._boot)
+        if seq is None:  # torn, foreign (an older snapbatch's JSON) or from before a reboot: start afresh
+            return _Sequence.fresh(reset=True)
+        return seq
 
     async def aclose(self) -> None:
         os.close(self._fd)
+
+
+# magic, checksum of what follows it, boot id, last slot (NaN: none), first reservation id, entries, and
+# whether the sequence started afresh and no slot was reserved since (that first slot waits a window)
+_HEADER = struct.Struct("<4sI40sdqq?")
+_MAGIC = b"SBQ2"
+_BOOT_BYTES = 40
+_ENTRY_BYTES = 8 + 8 + 1  # slot, start as counted, confirmed
+
+
+@dataclass
+class _Sequence:
+    """The host file's content: reservation ``first + i`` has slot ``slots[i]`` and counts as starting at
+    ``starts[i]`` (HOLD_S after its slot until ``confirmed[i]``). ``reset``: the file was found torn, foreign or
+    from before a reboot, and the next slot must wait a window (kept until a reservation has done so)."""
+
+    last: float
+    first: int
+    slots: array[float]
+    starts: array[float]
+    confirmed: bytearray
+    reset: bool = False
+
+    @classmethod
+    def fresh(cls, *, reset: bool) -> _Sequence:
+        # Ids start at random, so a reservation made before the file started afresh never matches a new one.
+        return cls(math.nan, random.randrange(1 << 48), array("d"), array("d"), bytearray(), reset)
+
+    @classmethod
+    def unpack(cls, raw: bytes, boot: bytes) -> _Sequence | None:
+        if len(raw) < _HEADER.size:
+            return None
+        magic, checksum, file_boot, last, first, count, reset = _HEADER.unpack_from(raw)
+        body = memoryview(raw)[_HEADER.size :]
+        if magic != _MAGIC or len(body) != count * _ENTRY_BYTES or zlib.crc32(raw[8:]) != checksum:
+            return None
+        if file_boot.rstrip(b"\0") != boot:  # the monotonic clock restarted with the machine
+            return None
+        slots, starts = array("d"), array("d")
+        slots.frombytes(body[: 8 * count])
+        starts.frombytes(body[8 * count : 16 * count])
+        return cls(last, first, slots, starts, bytearray(body[16 * count :]), reset)
+
+    def prune(self, now: float, cap: int | None) -> None:
+        """Drop what no slot can depend on any more (see HostFileStore)."""
+        drop = bisect.bisect_left(self.slots, now - _KEEP_S - HOLD_S)
+        if cap is not None and len(self.slots) > cap:
+            behind = bisect.bisect_right(self.slots, self.slots[-cap] - HOLD_S)
+            # but never a reservation that may still be confirmed: its run would have to give its slot up
+            live = self.confirmed.find(0, bisect.bisect_left(self.slots, now - HOLD_S))
+            drop = max(drop, behind if live < 0 else min(behind, live))
+        if drop:
+            del self.slots[:drop], self.starts[:drop], self.confirmed[:drop]
+            self.first += drop
+
+    def pack(self, boot: bytes) -> bytes:
+        rest = b"".join(
+            (
+                _HEADER.pack(_MAGIC, 0, boot, self.last, self.first, len(self.slots), self.reset)[8:],
+                self.slots.tobytes(),
+                self.starts.tobytes(),
+                self.confirmed,
+            )
+        )
+        return _MAGIC + struct.pack("<I", zlib.crc32(rest)) + rest
 
 
 # Integer microseconds throughout: exact in Lua's doubles. One hash per key, so that it expires or is

@@ -108,7 +108,8 @@ class RunResult:
 
 
 class _Writer:
-    """Group commit: whatever is waiting when the writer gets to it goes into one transaction."""
+    """Group commit: whatever is waiting when the writer gets to it goes into one transaction, written in the
+    event loop when that needs no waiting, else in a thread."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -124,7 +125,11 @@ class _Writer:
                         queued.append(self.receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await anyio.to_thread.run_sync(self.state.apply, [change for change, _ in queued])
+                changes = [change for change, _ in queued]
+                # In the loop when no other write is under way: a thread's round trip for each intent cost more
+                # CPU than the write itself. What would wait (the lease's renewal, the ingest) waits in a thread.
+                if not self.state.apply_at_once(changes):
+                    await anyio.to_thread.run_sync(self.state.apply, changes)
                 for _, durable in queued:
                     if durable is not None:
                         durable.set()

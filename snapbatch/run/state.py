@@ -449,19 +449,31 @@ class State:
         with self._lock:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.db
-                    if self._locked:
-                        self.check_identity()
-                except BaseException:
-                    self.db.execute("ROLLBACK")
-                    raise
-                self.db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StateError(
-                    f"cannot write the state file {self.path}: {exc}; check free disk space and "
-                    "permissions (nothing was lost: the last committed state is intact)"
-                ) from None
+                raise self._write_error(exc) from None
+            with self._begun() as db:
+                yield db
+
+    @contextmanager
+    def _begun(self) -> Iterator[sqlite3.Connection]:
+        """The rest of a write transaction begun under ``_lock``: committed, or rolled back on any error."""
+        try:
+            try:
+                yield self.db
+                if self._locked:
+                    self.check_identity()
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from None
+
+    def _write_error(self, exc: sqlite3.Error) -> StateError:
+        return StateError(
+            f"cannot write the state file {self.path}: {exc}; check free disk space and "
+            "permissions (nothing was lost: the last committed state is intact)"
+        )
 
     def meta(self, name: str) -> str | None:
         try:
@@ -598,6 +610,38 @@ class State:
 
     def apply(self, changes: Iterable[Change]) -> None:
         """Write a group of changes, in order, in one transaction."""
+        runs = self._runs(changes)
+        with self._tx() as db:
+            for kind, rows in runs:
+                db.executemany(self._APPLY_SQL[kind], rows)
+
+    def apply_at_once(self, changes: Iterable[Change]) -> bool:
+        """``apply``, if that needs no waiting for another write (this process's, as the lease's renewal, or
+        another connection's, as the ingest's); False, with nothing written, when it would. The runner's
+        event loop writes here, never blocking on a lock, and leaves what would wait to a thread."""
+        runs = self._runs(changes)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            try:
+                self.db.execute("PRAGMA busy_timeout=0")
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                finally:
+                    self.db.execute("PRAGMA busy_timeout=5000")
+            except sqlite3.Error:  # busy (or broken: apply, in its thread, says which)
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                return False
+            with self._begun() as db:
+                for kind, rows in runs:
+                    db.executemany(self._APPLY_SQL[kind], rows)
+            return True
+        finally:
+            self._lock.release()
+
+    def _runs(self, changes: Iterable[Change]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The changes as statements and their arguments, consecutive ones of a kind together."""
         now = self.clock()
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
         for change in changes:
@@ -620,9 +664,7 @@ class State:
                 runs[-1][1].append(args)
             else:
                 runs.append((kind, [args]))
-        with self._tx() as db:
-            for kind, rows in runs:
-                db.executemany(self._APPLY_SQL[kind], rows)
+        return runs
 
     # -- reading --------------------------------------------------------------------------------------
 

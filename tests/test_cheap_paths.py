@@ -1,0 +1,95 @@
+"""The cheap per-call paths: the state written from the event loop only when that needs no waiting, and the
+proxy chosen once from the environment as httpx's trust_env would."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from snapbatch.models import Request
+from snapbatch.run.state import Intent, State
+from snapbatch.vod.client import VodClient, environment_proxy
+from snapbatch.vod.credentials import Credentials
+
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
+
+
+def _state(tmp_path: Path) -> State:
+    state = State(tmp_path / "s.sqlite3")
+    state.ingest([Request("k", "job", None, "VideoId", "v", {"VideoId": "v", "Count": "1"})], "fp", "b")
+    return state
+
+
+def test_a_write_that_would_wait_for_another_connection_is_left_undone(tmp_path: Path) -> None:
+    """While another connection (the ingest's, say) holds a write transaction, apply_at_once writes nothing and
+    says so at once (False), instead of blocking the event loop; once it is free, the same call writes."""
+    state = _state(tmp_path)
+    other = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert state.apply_at_once([Intent("k")]) is False
+        other.execute("COMMIT")
+        assert state.counts()["sending"] == 0
+        assert state.apply_at_once([Intent("k")]) is True
+        assert state.counts()["sending"] == 1
+        state.apply([Intent("k")])  # the waiting path still works after a refusal: nothing was left open
+    finally:
+        other.close()
+        state.close()
+
+
+def test_a_write_under_way_in_this_process_is_not_waited_for(tmp_path: Path) -> None:
+    """While this process writes in a thread (the lease's renewal, a group handed to a thread), apply_at_once
+    does not wait for the lock: False, nothing written."""
+    state = _state(tmp_path)
+    try:
+        with state._tx():
+            assert state.apply_at_once([Intent("k")]) is False
+        assert state.counts()["sending"] == 0
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "proxy"),
+    [
+        (
+            {"HTTPS_PROXY": "http://proxy.example:3128"},
+            "https://vod.cn-shanghai.aliyuncs.com",
+            "http://proxy.example:3128",
+        ),
+        ({"HTTPS_PROXY": "proxy.example:3128"}, "https://vod.cn-shanghai.aliyuncs.com", "http://proxy.example:3128"),
+        ({"HTTP_PROXY": "http://proxy.example:3128"}, "https://vod.cn-shanghai.aliyuncs.com", None),
+        ({"ALL_PROXY": "http://all.example:8080"}, "https://vod.cn-shanghai.aliyuncs.com", "http://all.example:8080"),
+        (
+            {"HTTPS_PROXY": "http://p:1", "ALL_PROXY": "http://all.example:8080"},
+            "https://vod.cn-shanghai.aliyuncs.com",
+            "http://p:1",
+        ),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "aliyuncs.com"}, "https://vod.cn-shanghai.aliyuncs.com", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other.com, *"}, "https://vod.cn-shanghai.aliyuncs.com", None),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "shanghai.aliyuncs.com"},
+            "https://vod.cn-shanghai.aliyuncs.com",
+            "http://p:1",
+        ),
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:8080", None),
+        ({"http_proxy": "http://lower:1"}, "http://127.0.0.1:8080", "http://lower:1"),
+        ({}, "https://vod.cn-shanghai.aliyuncs.com", None),
+    ],
+)
+def test_the_proxy_is_the_one_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, proxy: str | None
+) -> None:
+    """HTTPS_PROXY or HTTP_PROXY by the endpoint's scheme, else ALL_PROXY (a bare host:port meaning http://);
+    none when NO_PROXY covers the host (itself or a parent domain, or *); VodClient keeps that choice."""
+    for name in _PROXY_NAMES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert environment_proxy(httpx.URL(url)) == proxy
+    assert VodClient(url, Credentials("LTAIexample0000", "secret")).proxy == proxy
