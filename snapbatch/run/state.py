@@ -103,6 +103,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE listed_videos (job TEXT NOT NULL, seq INTEGER NOT NULL, video TEXT NOT NULL, "
         "PRIMARY KEY (job, seq)) WITHOUT ROWID",
     ),
+    # 3: what `report --html` charts: attempts by the second their outcome was recorded (wall clock) and by
+    # outcome kind, kept with the outcomes themselves; one row a kind a second, whatever the number of calls
+    (
+        "CREATE TABLE attempt_seconds (second INTEGER NOT NULL, kind TEXT NOT NULL, calls INTEGER NOT NULL, "
+        "PRIMARY KEY (second, kind)) WITHOUT ROWID",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -582,11 +588,16 @@ class State:
         "other": "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, updated_at = ? "
         "WHERE key = ? AND status != 'submitted'",
     }
+    _TALLY_SQL = (
+        "INSERT INTO attempt_seconds(second, kind, calls) VALUES (?, ?, ?) "
+        "ON CONFLICT(second, kind) DO UPDATE SET calls = calls + excluded.calls"
+    )
 
     def apply(self, changes: Iterable[Change]) -> None:
         """Write a group of changes, in order, in one transaction."""
         now = self.clock()
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        tally: dict[str, int] = {}  # the outcomes by kind, for attempt_seconds
         for change in changes:
             args: tuple[Any, ...]
             if isinstance(change, Intent):
@@ -603,6 +614,8 @@ class State:
                     "other",
                     (status, outcome.request_id, outcome.code or outcome.kind, outcome.message, now, change.key),
                 )
+            if isinstance(change, Settled):
+                tally[change.outcome.kind] = tally.get(change.outcome.kind, 0) + 1
             if runs and runs[-1][0] == kind:  # consecutive changes of one kind go in one executemany
                 runs[-1][1].append(args)
             else:
@@ -610,6 +623,9 @@ class State:
         with self._tx() as db:
             for kind, rows in runs:
                 db.executemany(self._APPLY_SQL[kind], rows)
+            if tally:
+                second = int(now)
+                db.executemany(self._TALLY_SQL, [(second, str(k), n) for k, n in tally.items()])
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -719,6 +735,14 @@ class State:
             return int(
                 self.reader.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0]
             )
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the reader connection (the report's aggregates, run.overview)."""
+        try:
+            with self._read_lock:
+                return self.reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the state file {self.path}: {exc}; check that it is intact") from None
 
     # -- completion -----------------------------------------------------------------------------------
 
