@@ -438,7 +438,7 @@ thead th{background:var(--panel);font-weight:600}thead th.n{white-space:normal}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;word-break:break-all}
 table.codes ul{margin:0;padding-left:1rem}table.codes td:nth-child(3){min-width:14rem}
-table.codes td:first-child{min-width:10rem}table.codes td:first-child code{word-break:normal;overflow-wrap:anywhere}
+table.codes td:first-child{min-width:12.5rem}table.codes td:first-child code{word-break:normal;overflow-wrap:anywhere}
 @media (max-width:600px){body{padding:.6rem;font-size:14px}.step{grid-template-columns:5.2rem 1fr 6.5rem}
 .card .value{font-size:1.3rem}.chart{margin-left:2.4rem}.yaxis{left:-2.4rem;width:2.1rem}
 th,td{padding:.3rem .3rem}

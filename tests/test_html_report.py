@@ -274,3 +274,35 @@ def test_bucket_width_keeps_charts_within_their_bars() -> None:
         width = bucket_width(span)
         assert -(-span // width) <= MAX_BUCKETS
         assert width == 1 or span / width > MAX_BUCKETS / 2.5  # the next narrower width would not fit
+
+
+def test_readme_command_makes_the_page_of_the_example_batch(cli: CliRunner, tmp_path: Path) -> None:
+    """The README's command runs the example batch on the built-in emulator and writes its page: the 11
+    requests planned and submitted, each of the three jobs in its row."""
+    from tests.conftest import ROOT
+
+    command = (
+        "snapbatch run jobs.example.yaml --emulator && snapbatch report jobs.example.yaml --emulator --html report.html"
+    )
+    assert command in (ROOT / "README.md").read_text()
+    for name in ("jobs.example.yaml", "partner.csv", "catalog"):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    manifest = str(tmp_path / "jobs.example.yaml")
+    assert cli("run", manifest, "--emulator").code == 0
+    r = cli("report", manifest, "--emulator", "--html", str(tmp_path / "report.html"))
+    assert r.code == 0, r.err
+    page = (tmp_path / "report.html").read_text()
+    assert 'data-metric="planned">11<' in page and 'data-metric="submitted">11<' in page
+    assert all(f'data-job="{job}"' in page for job in ("homepage", "catalog", "partner-feed"))
+
+
+def test_html_does_not_go_with_row_filters(
+    cli: CliRunner, batch: tuple[Path, dict[str, Any], dict[str, int]], tmp_path: Path
+) -> None:
+    """--html with --only or --completion is a usage error (exit 2) that writes nothing."""
+    path, _, _ = batch
+    for flag in (("--only", "failed"), ("--completion", "failed")):
+        r = cli("report", str(path), "--html", str(tmp_path / "r.html"), *flag)
+        assert r.code == 2 and "--html shows the whole batch" in r.err
+    assert not (tmp_path / "r.html").exists()
