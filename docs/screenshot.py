@@ -74,9 +74,11 @@ def main_() -> None:
         )
         emulator = Emulator(config)
         with running_emulator(emulator) as served:
-            cli("run", manifest, "--endpoint", served.url, "--state", str(work / "s.sqlite3"))
+            code = cli("run", manifest, "--endpoint", served.url, "--state", str(work / "s.sqlite3"))
+            assert code == 1, f"run exited {code}, expected 1 (two videos unknown)"
             emulator.config.faults = {}
-            cli("poll", manifest, "--endpoint", served.url, "--state", str(work / "s.sqlite3"), "--qps", "30")
+            code = cli("poll", manifest, "--endpoint", served.url, "--state", str(work / "s.sqlite3"), "--qps", "30")
+            assert code in (0, 1), f"poll exited {code}"
         html = work / "report.html"
         assert cli("report", manifest, "--state", str(work / "s.sqlite3"), "--html", str(html)) == 0
         with sync_playwright() as p:

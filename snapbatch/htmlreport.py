@@ -436,7 +436,7 @@ table{border-collapse:collapse;width:100%;font-size:.88rem}
 th,td{border-bottom:1px solid var(--line);padding:.35rem .5rem;text-align:left;vertical-align:top}
 thead th{background:var(--panel);font-weight:600}thead th.n{white-space:normal}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;word-break:break-all}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;overflow-wrap:anywhere}
 table.codes ul{margin:0;padding-left:1rem}table.codes td:nth-child(3){min-width:14rem}
 table.codes td:first-child{min-width:12.5rem}table.codes td:first-child code{word-break:normal;overflow-wrap:anywhere}
 @media (max-width:600px){body{padding:.6rem;font-size:14px}.step{grid-template-columns:5.2rem 1fr 6.5rem}

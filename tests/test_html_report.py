@@ -306,3 +306,24 @@ def test_html_does_not_go_with_row_filters(
         r = cli("report", str(path), "--html", str(tmp_path / "r.html"), *flag)
         assert r.code == 2 and "--html shows the whole batch" in r.err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_running_batch_shows_its_holder_rate_and_eta(tmp_path: Path) -> None:
+    """While a run holds the state, the page names its pid and shows the rate over the last minute and the
+    ETA of what is left (here: 1 submitted in the run's first 10 s, 2 left: 20 s)."""
+    import os
+
+    from snapbatch.models import ACCEPTED, Request
+
+    state = State(tmp_path / "s.sqlite3", clock=lambda: 2000.0)
+    try:
+        state.ingest(
+            [Request(f"k{i}", "j", None, "VideoId", f"v{i}", {"VideoId": f"v{i}"}) for i in range(3)], "f", "b"
+        )
+        state.lock(1990.0)
+        state.apply([Intent("k0"), Settled("k0", Outcome(ACCEPTED, job_id="j0"))])
+        page = render_html(read_overview(state, "b", 30.0, now=2000.0))
+    finally:
+        state.close()
+    assert f"Running: pid {os.getpid()} on" in page and "0.1 submitted/s" in page and "ETA 20 s" in page
+    assert 'data-running="yes"' in page
