@@ -29,7 +29,7 @@ from snapbatch.run.state import Change, Completion, Intent, Settled, State
 
 QPS = 30
 JOBS = ("homepage", "catalog", "partner-feed")
-START = 1_764_201_600.0  # 2026-11-27 00:00 UTC
+START = 1_795_737_600.0  # 2026-11-27 00:00 UTC
 
 
 def fill(path: Path, n: int) -> None:

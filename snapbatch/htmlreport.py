@@ -65,8 +65,25 @@ _HINTS = {
 }
 
 
+# an error recorded without a Code is recorded as its outcome kind (models.OutcomeKind)
+_NO_CODE = {
+    "in_doubt": (
+        "no answer",
+        "The answer was lost, so a job may exist. The next `snapbatch run` sends these "
+        "again (at least once; `--in-doubt skip` leaves them for a look).",
+    ),
+    "transient": (
+        "no connection",
+        "VOD could not be reached or failed without a code. The next `snapbatch run` "
+        "sends these again; check the network if there are many.",
+    ),
+}
+
+
 def advice(stage: str, code: str) -> str:
     """What to do about requests that failed with ``code`` at ``stage`` (see overview.FailureGroup)."""
+    if code in _NO_CODE:
+        return _NO_CODE[code][1]
     for prefix, hint in _HINTS.items():
         if code.startswith(prefix):
             return hint
@@ -349,8 +366,9 @@ def _failure_row(group: FailureGroup) -> str:
     examples = "".join(
         f"<li><code>{_esc(video)}</code> {_esc(_clip(message))}</li>" for video, message in group.examples
     )
+    label = _NO_CODE[group.code][0] if group.code in _NO_CODE else f"<code>{_esc(group.code)}</code>"
     return (
-        f'<tr data-code="{_esc(group.code)}" data-stage="{group.stage}"><td><code>{_esc(group.code)}</code></td>'
+        f'<tr data-code="{_esc(group.code)}" data-stage="{group.stage}"><td>{label}</td>'
         f'<td class=n data-label="requests">{_num(group.count)}</td>'
         f"<td>{_prose(advice(group.stage, group.code))}</td>"
         f'<td data-label="for example"><ul>{examples}</ul></td></tr>'

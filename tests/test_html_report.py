@@ -327,3 +327,19 @@ def test_a_running_batch_shows_its_holder_rate_and_eta(tmp_path: Path) -> None:
         state.close()
     assert f"Running: pid {os.getpid()} on" in page and "0.1 submitted/s" in page and "ETA 20 s" in page
     assert 'data-running="yes"' in page
+
+
+def test_errors_without_a_code_are_named_in_words(tmp_path: Path) -> None:
+    """A request whose answer was lost (no Code) is listed as "no answer" among the requests not done yet,
+    with what the next run does about it, not as a raw outcome kind."""
+    from snapbatch.models import IN_DOUBT, Request
+
+    state = State(tmp_path / "s.sqlite3")
+    try:
+        state.ingest([Request("k0", "j", None, "VideoId", "v0", {"VideoId": "v0"})], "f", "b")
+        state.apply([Intent("k0"), Settled("k0", Outcome(IN_DOUBT, message="read timed out"))])
+        page = render_html(read_overview(state, "b", 30.0))
+    finally:
+        state.close()
+    row = page[page.index('<tr data-code="in_doubt" data-stage="open">') :].split("</tr>")[0]
+    assert "<td>no answer</td>" in row and "sends these again" in row and "read timed out" in row
