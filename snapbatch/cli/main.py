@@ -226,7 +226,8 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="one row per request",
         formatter_class=fmt,
         description="One row per request: job, key, VideoId or ReferenceId, status, JobId, RequestId, "
-        "error_code, error_message, attempts, submitted_at.",
+        "error_code, error_message, attempts, submitted_at. With --html FILE, instead, the whole batch as one "
+        "self-contained HTML page (nothing on stdout).",
         epilog="examples:\n  snapbatch report jobs.yaml > report.csv\n"
         "  snapbatch report jobs.yaml --format jsonl --only failed\n"
         "  snapbatch report jobs.yaml --html report.html   # open it in a browser, attach it to a mail",
