@@ -65,13 +65,13 @@ ECHO_CHARS = 60
 _MESSAGE_CHARS = 2000
 
 
-def echo(value: object, limit: int = ECHO_CHARS) -> str:
+def echo(value: object, limit: int = ECHO_CHARS, *, quote: bool = True) -> str:
     """User text quoted for a message: shortened to ``limit`` characters (saying how long it was) and
-    escaped, so a 100 KB batch name or a line of terminal escapes is neither echoed whole nor obeyed."""
+    escaped, so a 100 KB batch name or a line of terminal escapes is neither echoed whole nor obeyed.
+    ``quote=False`` for a word the message has always shown bare (a mode, a role): escaped, not quoted."""
     text = value if isinstance(value, str) else str(value)
-    if len(text) > limit:
-        return repr(text[: limit - 10]) + f"... ({len(text)} characters)"
-    return repr(text)
+    shown = (repr if quote else printable)(text[: limit - 10] if len(text) > limit else text)
+    return shown + f"... ({len(text)} characters)" if len(text) > limit else shown
 
 
 def _capped(text: str, limit: int = _MESSAGE_CHARS) -> str:

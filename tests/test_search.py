@@ -150,7 +150,7 @@ def test_paging_limits(catalogue: Catalogue) -> None:
 @pytest.mark.parametrize(
     ("text", "offset", "words"),
     [
-        ("Status != 'Normal'", 7, "not an operator"),
+        ("Status < 'Normal'", 7, "not an operator"),
         ("CateId = 1 or CateId = 2", 11, "inside parentheses"),
         ("CreationTime = 'x'", 13, "takes a range"),
         ("CateId = 'abc'", 10, "whole number"),

@@ -291,8 +291,8 @@ def plan_listings(args: argparse.Namespace, manifest: Manifest, env: Mapping[str
         else:
             todo.append((name, search))
     listings: dict[str, Any] = {}
-    if found:
-        listings.update(ListingStore(state_path).listings(list(found)))
+    if found:  # read only: plan never creates, migrates or writes the batch's state file
+        listings.update(frozen_listings(state_path, list(found)))
     if not todo:
         yield listings
         return

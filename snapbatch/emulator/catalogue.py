@@ -8,6 +8,11 @@ Columns are kept compactly, so a million videos fit in a few hundred MB.
 
 Its own small Match parser, not snapbatch's: the emulator stands for the service and must not share the
 client's reading of the protocol.
+
+A ScrollToken holds its query's result set, so tokens are bounded as a search service bounds its scroll
+contexts: one expires SCROLL_TTL_S after its last use, and beyond MAX_SCROLLS live ones the least recently
+used is dropped. VOD documents neither (nor the exact error): both are assumptions, and a token that is
+gone is answered as the documented InvalidParameter error whose Message names the ScrollToken.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,8 @@ from snapbatch.vod.api import TIMESTAMP_FORMAT
 __all__ = [
     "MAX_PAGED",
     "MAX_SCROLLED",
+    "MAX_SCROLLS",
+    "SCROLL_TTL_S",
     "SCROLL_WINDOW",
     "Catalogue",
     "CatalogueError",
@@ -36,9 +46,11 @@ MAX_PAGED = 5000
 MAX_SCROLLED = 2_000_000
 SCROLL_WINDOW = 100  # records from the page last served to the page asked for, with a ScrollToken
 MAX_PAGE_SIZE = 100
+SCROLL_TTL_S = 600.0  # assumed: VOD does not say how long an unused ScrollToken lives
+MAX_SCROLLS = 64  # live ScrollTokens kept at most (each holds up to 2,000,000 results: 16 MB)
 _STATUSES = ("Uploading", "UploadFail", "UploadSucc", "Transcoding", "TranscodeFail", "Blocked", "Normal", "Checking")
 _FIELDS = {"VideoId", "Title", "Tags", "CateId", "Status", "CreationTime"}
-_TOKEN = re.compile(r"\s*(?:('[^']*')|(-?\d+)|([A-Za-z_][A-Za-z0-9_]*)|([=(),\[\]]))")
+_TOKEN = re.compile(r"\s*(?:('[^']*')|(-?\d+)|([A-Za-z_][A-Za-z0-9_]*)|(!=|[=(),\[\]]))")
 
 Predicate = Callable[[int], bool]
 
@@ -63,17 +75,26 @@ def _iso(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime(TIMESTAMP_FORMAT)
 
 
+@dataclass
+class _Scroll:
+    query: tuple[str, str, str]  # Match, SortBy, PageSize
+    found: array[int]
+    page: int  # the page last served
+    used_at: float  # monotonic seconds
+
+
 class Catalogue:
     """Videos in columns. ``add`` appends one (an upload after a listing began)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, scroll_ttl_s: float = SCROLL_TTL_S, max_scrolls: int = MAX_SCROLLS) -> None:
         self.ids: list[str] = []
         self.cate = array("q")
         self.ctime = array("q")
         self.status = bytearray()
         self.titles: list[str] = []
         self.tags: list[tuple[str, ...]] = []
-        self.scrolls: dict[str, tuple[tuple[str, str, str], array[int], int]] = {}
+        self.scroll_ttl_s, self.max_scrolls = scroll_ttl_s, max_scrolls
+        self.scrolls: OrderedDict[str, _Scroll] = OrderedDict()  # least recently used first
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -158,6 +179,11 @@ class Catalogue:
                 if take() != ")":
                     raise _bad("The specified parameter Match is not valid: unclosed value list.")
                 return self.condition(field, values)
+            if op == "!=":  # as vod-api.md lists it: whatever `field = value` would not select
+                if peek() in ("(", "["):
+                    raise _bad("The specified parameter Match is not valid: != takes one value.")
+                equal = self.condition(field, [value()])
+                return lambda i: not equal(i)
             if op != "=":
                 raise _bad(f"The specified operator {op} is not valid in Match.")
             if peek() in ("(", "["):
@@ -227,8 +253,11 @@ class Catalogue:
             ordered = sorted(found, key=lambda i: (ctime[i], i))
         return array("q", ordered)
 
-    def search(self, params: Mapping[str, str], request_id: str) -> dict[str, Any]:
-        """A SearchMedia answer, or CatalogueError."""
+    def search(self, params: Mapping[str, str], request_id: str, now: float | None = None) -> dict[str, Any]:
+        """A SearchMedia answer, or CatalogueError. ``now``: monotonic seconds, for ScrollToken expiry."""
+        now = time.monotonic() if now is None else now
+        while self.scrolls and next(iter(self.scrolls.values())).used_at + self.scroll_ttl_s <= now:
+            self.scrolls.popitem(last=False)
         if params.get("SearchType", "video") != "video":
             raise _bad("This emulator's catalogue holds videos only.")
         match, sort_by = params.get("Match", ""), params.get("SortBy", "CreationTime:Desc")
@@ -243,22 +272,27 @@ class Catalogue:
         query = (match, sort_by, str(size))
         if token:
             scroll = self.scrolls.get(token)
-            if scroll is None or scroll[0] != query:
+            if scroll is None:
+                raise _bad("The specified ScrollToken has expired or does not exist; search again without it.")
+            if scroll.query != query:
                 raise _bad("The specified ScrollToken is not valid for this query.")
-            _, found, last = scroll
+            found, last = scroll.found, scroll.page
             if abs(page_no - last) * size > SCROLL_WINDOW:
                 raise _bad(
                     f"PageNo {page_no} is more than {SCROLL_WINDOW} records away from page {last} of this scroll."
                 )
             if page_no * size > MAX_SCROLLED:
                 raise _bad(f"A ScrollToken traversal reaches the first {MAX_SCROLLED} results only.")
-            self.scrolls[token] = (query, found, page_no)
+            scroll.page, scroll.used_at = page_no, now
+            self.scrolls.move_to_end(token)
         else:
             if page_no * size > MAX_PAGED:
                 raise _bad(f"PageNo and PageSize reach the first {MAX_PAGED} results only; use ScrollToken.")
             found = self.matching(match, sort_by)
             token = secrets.token_hex(16)
-            self.scrolls[token] = (query, found, page_no)
+            self.scrolls[token] = _Scroll(query, found, page_no, now)
+            while len(self.scrolls) > self.max_scrolls:
+                self.scrolls.popitem(last=False)
         start = (page_no - 1) * size
         wanted = {f.strip() for f in params.get("Fields", "").split(",") if f.strip()}
         media = [self.media(i, wanted) for i in found[start : start + size]]

@@ -247,7 +247,8 @@ class Emulator:
             return Reply(200, self._job_detail(params, request_id, entry["t"]))
         if action == "SearchMedia":
             try:
-                return Reply(200, (self.config.catalogue or Catalogue()).search(params, request_id))
+                catalogue = self.config.catalogue or Catalogue()
+                return Reply(200, catalogue.search(params, request_id, entry["mono"]))
             except CatalogueError as exc:
                 raise _Error(exc.code, exc.message) from None
         video_id = self._check_submit(params)

@@ -9,20 +9,26 @@ doc-detail 86991) and the SearchMedia API reference, read 2026-11. The protocol 
 - ``and`` between conditions; ``or`` between conditions *inside parentheses*
   (``(f1 = 'a' or f2 = 'b')``); text values in single quotes; ``,`` separates values.
 
+The reference this project was given (shared/reference/vod-api.md, "Listing a catalog") lists ``!=`` among
+the operators beside ``=``, ``in``, ``and``, ``or`` and parentheses; the protocol page's excerpts we could
+read define no ``!=`` but do not exclude it either. snapbatch accepts ``field != value`` wherever
+``field = value`` is accepted, with the same value rules, meaning "not what ``=`` selects" (for Title: does
+not contain; for Tags: does not have the tag). Whether the live service reads it so is unverified.
+
 snapbatch accepts these video fields (the ones its emulator's catalogue carries too):
 
 =============  ===================================  ==============================================
 field          forms                                 value
 =============  ===================================  ==============================================
-VideoId        ``=``, ``in``                         text
-Title          ``=`` (contains), ``in``              text
-Tags           ``=`` (has this tag), ``in``          text
-CateId         ``=``, ``in``                         a whole number, quoted or not
-Status         ``=``, ``in``                         one of STATUSES
+VideoId        ``=``, ``!=``, ``in``                 text
+Title          ``=`` (contains), ``!=``, ``in``      text
+Tags           ``=`` (has this tag), ``!=``, ``in``  text
+CateId         ``=``, ``!=``, ``in``                 a whole number, quoted or not
+Status         ``=``, ``!=``, ``in``                 one of STATUSES
 CreationTime   range ``= (a,b)`` / ``[a,b]``         'YYYY-MM-DDThh:mm:ssZ' (UTC)
 =============  ===================================  ==============================================
 
-Not accepted, because the published protocol does not define them: ``!=``, ``not``, ``<``/``>``,
+Not accepted, because neither the published protocol nor our reference defines them: ``not``, ``<``/``>``,
 double-quoted values, a single quote inside a value, open-ended ranges, other fields.
 SortBy: ``CreationTime:Desc`` (the service's default) or ``CreationTime:Asc``.
 """
@@ -56,11 +62,11 @@ STATUSES = (
     "Checking",
 )
 FIELDS = {
-    "VideoId": ("=", "in"),
-    "Title": ("=", "in"),
-    "Tags": ("=", "in"),
-    "CateId": ("=", "in"),
-    "Status": ("=", "in"),
+    "VideoId": ("=", "!=", "in"),
+    "Title": ("=", "!=", "in"),
+    "Tags": ("=", "!=", "in"),
+    "CateId": ("=", "!=", "in"),
+    "Status": ("=", "!=", "in"),
     "CreationTime": ("range",),
 }
 SORT_BY = ("CreationTime:Desc", "CreationTime:Asc")
@@ -85,7 +91,7 @@ class MatchError(Exception):
 @dataclass(frozen=True)
 class Condition:
     field: str
-    op: str  # "=", "in" or "range"
+    op: str  # "=", "!=", "in" or "range"
     values: tuple[str, ...]
     closed: tuple[bool, bool] = (False, False)  # range bounds: [ ] closed, ( ) open
 
@@ -193,18 +199,29 @@ class _Parser:
         op = self.take()
         if op.kind == "word" and op.text.lower() == "in":
             return self.multi(field, op)
+        if op.text == "!=":
+            return self.unequal(field, op)
         if op.text != "=":
-            if op.text in ("!=", "<", ">", "<=", ">=", "==", "!") or op.text.lower() == "not":
+            if op.text in ("<", ">", "<=", ">=", "==", "!") or op.text.lower() == "not":
                 raise MatchError(
-                    op.at, f"{op.text!r} is not an operator of the SearchMedia protocol; use =, in, or a range = (a,b)"
+                    op.at,
+                    f"{op.text!r} is not an operator of the SearchMedia protocol; use =, !=, in, or a range = (a,b)",
                 )
-            raise MatchError(op.at, f"expected = or in after {field}, found {_show(op)}")
+            raise MatchError(op.at, f"expected =, != or in after {field}, found {_show(op)}")
         nxt = self.peek()
         if nxt.text in ("(", "["):
             return self.range(field, op)
         if "=" not in FIELDS[field]:
             raise MatchError(op.at, f"{field} takes a range: {field} = ('2026-01-01T00:00:00Z','2026-02-01T00:00:00Z')")
         return Condition(field, "=", (self.value(field),))
+
+    def unequal(self, field: str, op: _Tok) -> Node:
+        """``field != value``: one value, typed as for ``=``."""
+        if "!=" not in FIELDS[field]:
+            raise MatchError(op.at, f"{field} does not take !=; it takes a range = (a,b)")
+        if self.peek().text in ("(", "["):
+            raise MatchError(self.peek().at, f"!= takes one value, not a list or range: {field} != value")
+        return Condition(field, "!=", (self.value(field),))
 
     def multi(self, field: str, op: _Tok) -> Node:
         if "in" not in FIELDS[field]:

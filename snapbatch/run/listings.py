@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from snapbatch.errors import SnapbatchError, StateError
+from snapbatch.errors import SnapbatchError
 from snapbatch.models import EXPIRED, FAILED, FATAL, THROTTLED, Outcome, Search
 from snapbatch.run.limiter import Limiter
 from snapbatch.run.state import State
@@ -41,6 +41,7 @@ __all__ = [
 PAGE_SIZE = 100
 SEARCH_QPS = 50.0  # SearchMedia's documented limit per account
 MAX_SCROLLED = 2_000_000
+_SELECT = "SELECT job, match, sort_by, pages, listed, total, started_at, finished_at, scroll_token FROM listings"
 
 
 class ListingError(SnapbatchError):
@@ -73,21 +74,20 @@ class ListingInfo:
 
 
 class ListingStore:
-    """The listing tables of one state file (or of a scratch file, for `plan`), on a connection of its own.
-    The tables belong to the state's schema (snapbatch.run.state.MIGRATIONS), brought up to date here."""
+    """The listing tables of one state file (or of a scratch file, for `plan`). The tables belong to the
+    state's schema (snapbatch.run.state.MIGRATIONS); every write goes through the State's one transaction,
+    so a run's listing is refused, like its requests, as soon as the file is no longer the one it locked.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        State(path).close()  # creates or migrates the file
-        try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=10000")
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"cannot open the state file {path}: {exc}; check the path and its permissions") from None
+    Given a path, the store opens (and on close, closes) a State of its own."""
+
+    def __init__(self, state: State | Path) -> None:
+        self._owned = not isinstance(state, State)
+        self.state = State(state) if not isinstance(state, State) else state  # creates or migrates the file
+        self.path = self.state.path
 
     def close(self) -> None:
-        self.db.close()
+        if self._owned:
+            self.state.close()
 
     @staticmethod
     def read(path: Path) -> list[ListingInfo]:
@@ -101,79 +101,46 @@ class ListingStore:
         except sqlite3.Error:
             return []
         try:
-            rows = db.execute(
-                "SELECT job, match, sort_by, pages, listed, total, started_at, finished_at, scroll_token "
-                "FROM listings ORDER BY job"
-            ).fetchall()
+            rows = db.execute(f"{_SELECT} ORDER BY job").fetchall()
         except sqlite3.Error:
             return []
         finally:
             db.close()
         return [ListingInfo(*row) for row in rows]
 
-    def _write(self, statements: list[tuple[str, Any]]) -> None:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    if isinstance(args, list):
-                        self.db.executemany(sql, args)
-                    else:
-                        self.db.execute(sql, args or ())
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StateError(
-                f"cannot write the state file {self.path}: {exc}; check free disk space and permissions "
-                "(the pages listed so far are intact)"
-            ) from None
-
     def info(self, job: str) -> ListingInfo | None:
-        row = self.db.execute(
-            "SELECT job, match, sort_by, pages, listed, total, started_at, finished_at, scroll_token "
-            "FROM listings WHERE job = ?",
-            (job,),
-        ).fetchone()
-        return None if row is None else ListingInfo(*row)
+        rows = self.state.query(f"{_SELECT} WHERE job = ?", (job,))
+        return ListingInfo(*rows[0]) if rows else None
 
     def start(self, job: str, search: Search, now: float) -> ListingInfo:
-        self._write(
-            [
-                ("DELETE FROM listed_videos WHERE job = ?", (job,)),
-                ("DELETE FROM listings WHERE job = ?", (job,)),
-                (
-                    "INSERT INTO listings(job, match, sort_by, started_at) VALUES (?, ?, ?, ?)",
-                    (job, search.match, search.sort_by, now),
-                ),
-            ]
-        )
-        info = self.info(job)
-        assert info is not None
-        return info
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM listed_videos WHERE job = ?", (job,))
+            db.execute("DELETE FROM listings WHERE job = ?", (job,))
+            db.execute(
+                "INSERT INTO listings(job, match, sort_by, started_at) VALUES (?, ?, ?, ?)",
+                (job, search.match, search.sort_by, now),
+            )
+        return self._info(job)
 
     def add_page(self, info: ListingInfo, videos: list[str], token: str | None, total: int | None) -> ListingInfo:
         """Commit one page: its videos, the ScrollToken for the next and the progress, together."""
         rows = [(info.job, info.listed + i, video) for i, video in enumerate(videos, start=1)]
-        self._write(
-            [
-                ("INSERT OR REPLACE INTO listed_videos(job, seq, video) VALUES (?, ?, ?)", rows),
-                (
-                    "UPDATE listings SET scroll_token = ?, pages = pages + 1, listed = listed + ?, total = ? "
-                    "WHERE job = ?",
-                    (token, len(videos), total, info.job),
-                ),
-            ]
-        )
-        new = self.info(info.job)
-        assert new is not None
-        return new
+        with self.state.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO listed_videos(job, seq, video) VALUES (?, ?, ?)", rows)
+            db.execute(
+                "UPDATE listings SET scroll_token = ?, pages = pages + 1, listed = listed + ?, total = ? WHERE job = ?",
+                (token, len(videos), total, info.job),
+            )
+        return self._info(info.job)
 
     def finish(self, job: str, now: float) -> ListingInfo:
-        self._write([("UPDATE listings SET finished_at = ?, scroll_token = NULL WHERE job = ?", (now, job))])
+        with self.state.transaction() as db:
+            db.execute("UPDATE listings SET finished_at = ?, scroll_token = NULL WHERE job = ?", (now, job))
+        return self._info(job)
+
+    def _info(self, job: str) -> ListingInfo:
         info = self.info(job)
-        assert info is not None
+        assert info is not None  # just written
         return info
 
     def videos(self, job: str) -> Iterator[str]:

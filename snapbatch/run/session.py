@@ -244,7 +244,7 @@ class _Session:
         jobs = [(job.name, job.ids.search) for job in search_jobs(self.manifest) if job.ids.search is not None]
         if not jobs:
             return {}, ""
-        store = ListingStore(self.state.path)
+        store = ListingStore(self.state)
 
         def on_page(info: ListingInfo) -> None:
             self.listing = info

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -437,6 +437,19 @@ class State:
 
     # -- writing --------------------------------------------------------------------------------------
 
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The one write path into the file, for every table (the listings' too): one IMMEDIATE transaction,
+        refused with StateError when the file was replaced under a run holding the lock."""
+        return self._tx()
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read on the reader's connection (it never waits for the writer)."""
+        try:
+            with self._read_lock:
+                return self.reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the state file {self.path}: {exc}; check that it is intact") from None
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -735,14 +748,6 @@ class State:
             return int(
                 self.reader.execute("SELECT COUNT(*) FROM requests WHERE submitted_at >= ?", (since,)).fetchone()[0]
             )
-
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query on the reader connection (the report's aggregates, run.overview)."""
-        try:
-            with self._read_lock:
-                return self.reader.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot read the state file {self.path}: {exc}; check that it is intact") from None
 
     # -- completion -----------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from snapbatch.errors import CredentialsError
+from snapbatch.errors import CredentialsError, echo
 from snapbatch.vod.credentials import (
     Credentials,
     _from_cli_config,
@@ -32,6 +32,7 @@ from snapbatch.vod.credentials import (
     checked,
     find_credentials,
     ini_path,
+    profile_label,
     read_config_file,
 )
 from snapbatch.vod.providers import CredentialsProvider, Fetch, RenewingCredentials, StaticCredentials, redact
@@ -84,7 +85,7 @@ def sts_endpoint(
             host = value.removeprefix("https://").rstrip("/")
             if not _HOST_PORT.fullmatch(host):
                 raise CredentialsError(
-                    f"{name} is {value!r}; give a host name with an optional :port (STS is always called over "
+                    f"{name} is {echo(value)}; give a host name with an optional :port (STS is always called over "
                     "HTTPS), e.g. sts-vpc.cn-shanghai.aliyuncs.com"
                 )
             return host
@@ -146,7 +147,7 @@ def chain_sources(env: Mapping[str, str], home: Path, profile: str | None = None
         if found is not None:
             return [_static(found)]
     if profile:
-        raise CredentialsError(f"no aliyun CLI profile {profile!r} in {cli}")
+        raise CredentialsError(f"no aliyun CLI profile {echo(profile)} in {cli}")
     ini = ini_path(env, home)
     section = _ini_default(ini)
     if section is not None and section.get("type") in _INI_TYPES:
@@ -186,12 +187,17 @@ def _session_name(env: Mapping[str, str], given: object) -> str:
     return str(given or env.get("ALIBABA_CLOUD_ROLE_SESSION_NAME") or f"snapbatch-{int(time.time())}")
 
 
+def _arn(role: object) -> str:
+    # a role ARN from the environment or a file: shown bare, as ever, but escaped and bounded
+    return echo(role, 200, quote=False)
+
+
 def _oidc_from_env(env: Mapping[str, str]) -> Source:
     role, provider_arn, token_file = (env[name] for name in _OIDC_ENV)
     endpoint = sts_endpoint(env)
     return Source(
         "oidc_role_arn",
-        f"OIDC from ALIBABA_CLOUD_ROLE_ARN/_OIDC_PROVIDER_ARN/_OIDC_TOKEN_FILE (role {role}, via {endpoint})",
+        f"OIDC from ALIBABA_CLOUD_ROLE_ARN/_OIDC_PROVIDER_ARN/_OIDC_TOKEN_FILE (role {_arn(role)}, via {endpoint})",
         {
             "role_arn": role,
             "oidc_provider_arn": provider_arn,
@@ -224,9 +230,10 @@ def _from_profile(
     env: Mapping[str, str], path: Path, config: dict[str, Any], chosen: dict[str, Any], seen: list[str]
 ) -> Source:
     name, mode = str(chosen.get("name")), chosen.get("mode")
-    where = f"aliyun CLI profile {name!r}"
+    where = profile_label(name)
     if name in seen:
-        raise CredentialsError(f"{where} in {path} is its own source_profile (through {' -> '.join(seen)}); fix it")
+        through = " -> ".join(echo(s, 40, quote=False) for s in seen)
+        raise CredentialsError(f"{where} in {path} is its own source_profile (through {through}); fix it")
     seen = [*seen, name]
     if mode in ("AK", "StsToken"):
         found = _from_cli_config(path, name)
@@ -234,8 +241,8 @@ def _from_profile(
         return _static(found)
     if mode not in EXCHANGE_MODES:
         raise CredentialsError(
-            f"{where} uses mode {mode}, which snapbatch does not support; use a profile of mode AK, StsToken, "
-            f"{', '.join(EXCHANGE_MODES)}, or export ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET/_SECURITY_TOKEN"
+            f"{where} uses mode {echo(mode, quote=False)}, which snapbatch does not support; use a profile of mode AK, "
+            f"StsToken, {', '.join(EXCHANGE_MODES)}, or export ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET/_SECURITY_TOKEN"
         )
     if mode == "EcsRamRole":
         if env.get("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "false").lower() == "true":
@@ -262,7 +269,7 @@ def _from_profile(
                 raise CredentialsError(f"{where} is of mode OIDC but has no {key}")
         return Source(
             "oidc_role_arn",
-            f"{where} (OIDC, role {role}, via {endpoint})",
+            f"{where} (OIDC, role {_arn(role)}, via {endpoint})",
             {
                 **common,
                 "oidc_provider_arn": str(chosen["oidc_provider_arn"]),
@@ -280,17 +287,17 @@ def _from_profile(
         if not key_id or not secret:
             raise CredentialsError(f"{where} has no access_key_id/access_key_secret; run `aliyun configure`")
         base = _static(Credentials(str(key_id), str(secret), None, where))
-        return Source("ram_role_arn", f"{where} (RamRoleArn, role {role}, via {endpoint})", options, base=base)
+        return Source("ram_role_arn", f"{where} (RamRoleArn, role {_arn(role)}, via {endpoint})", options, base=base)
     source_name = chosen.get("source_profile")
     source = _cli_profile(config, str(source_name)) if source_name else None
     if source is None:
         raise CredentialsError(
-            f"{where} is of mode ChainableRamRoleArn but its source_profile {source_name!r} is not in {path}"
+            f"{where} is of mode ChainableRamRoleArn but its source_profile {echo(source_name)} is not in {path}"
         )
     base = _from_profile(env, path, config, source, seen)
     return Source(
         "ram_role_arn",
-        f"{where} (ChainableRamRoleArn from {base.label}, role {role}, via {endpoint})",
+        f"{where} (ChainableRamRoleArn from {base.label}, role {_arn(role)}, via {endpoint})",
         options,
         base=base,
     )
@@ -336,16 +343,16 @@ def _from_ini_section(env: Mapping[str, str], path: Path, section: dict[str, str
         options.update(
             oidc_provider_arn=section["oidc_provider_arn"], oidc_token_file_path=section["oidc_token_file_path"]
         )
-        return Source("oidc_role_arn", f"{where} (oidc_role_arn, role {role}, via {endpoint})", options)
+        return Source("oidc_role_arn", f"{where} (oidc_role_arn, role {_arn(role)}, via {endpoint})", options)
     key_id, secret = section.get("access_key_id"), section.get("access_key_secret")
     if not key_id or not secret:
         raise CredentialsError(f"{where} is of type ram_role_arn but has no access_key_id/access_key_secret")
     base = _static(Credentials(key_id, secret, None, where))
-    return Source("ram_role_arn", f"{where} (ram_role_arn, role {role}, via {endpoint})", options, base=base)
+    return Source("ram_role_arn", f"{where} (ram_role_arn, role {_arn(role)}, via {endpoint})", options, base=base)
 
 
 def _ecs(env: Mapping[str, str], role_name: str | None, *, where: str = "", probe: bool = False) -> Source:
-    role = f"role {role_name!r}" if role_name else "its role"
+    role = f"role {echo(role_name)}" if role_name else "its role"
     label = f"{where} (EcsRamRole, {role})" if where else f"the ECS instance's RAM role ({role}, from its metadata)"
     disable_v1 = env.get("ALIBABA_CLOUD_IMDSV1_DISABLED", "false").lower() == "true"
     return Source("ecs_ram_role", label, {"role_name": role_name, "disable_imds_v1": disable_v1}, probe=probe)

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snapbatch.errors import CredentialsError
+from snapbatch.errors import CredentialsError, echo
 
-__all__ = ["Credentials", "checked", "find_credentials", "ini_path", "read_config_file"]
+__all__ = [
+    "Credentials",
+    "checked",
+    "find_credentials",
+    "ini_path",
+    "profile_label",
+    "profile_names",
+    "read_config_file",
+]
 
 _MAX_CONFIG_BYTES = 1 << 20  # an aliyun CLI config or credentials.ini is a few KB
 
@@ -60,11 +68,24 @@ def find_credentials(env: Mapping[str, str], home: Path, profile: str | None = N
     if found is not None:
         return checked(found)
     if profile:
-        raise CredentialsError(f"no aliyun CLI profile {profile!r} in {home / '.aliyun' / 'config.json'}")
+        raise CredentialsError(f"no aliyun CLI profile {echo(profile)} in {home / '.aliyun' / 'config.json'}")
     found = _from_ini(ini_path(env, home))
     if found is not None:
         return checked(found)
     raise CredentialsError(f"no Alibaba Cloud credentials found; {_HOW}")
+
+
+def profile_label(name: object) -> str:
+    """How messages and logs name an aliyun CLI profile: its name quoted, escaped and shortened (it is text
+    from a file, and may hold terminal escapes or run to any length)."""
+    return f"aliyun CLI profile {echo(name)}"
+
+
+def profile_names(profiles: list[Any]) -> str:
+    """The profiles' names for a message: escaped, the first ten."""
+    names = [echo(p.get("name") if isinstance(p, dict) else "?", 40, quote=False) for p in profiles]
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return (", ".join(names[:10]) + more) or "none"
 
 
 def ini_path(env: Mapping[str, str], home: Path) -> Path:
@@ -82,16 +103,15 @@ def _from_cli_config(path: Path, wanted: str | None) -> Credentials | None:
     chosen = next((p for p in profiles if p.get("name") == name), None)
     if chosen is None:
         if wanted:
-            names = ", ".join(str(p.get("name")) for p in profiles) or "none"
-            raise CredentialsError(f"{path} has no profile {wanted!r} (profiles: {names})")
+            raise CredentialsError(f"{path} has no profile {echo(wanted)} (profiles: {profile_names(profiles)})")
         return None
     mode = chosen.get("mode", "AK")
-    where = f"aliyun CLI profile {name!r}"
+    where = profile_label(name)
     if mode not in ("AK", "StsToken"):
         raise CredentialsError(
-            f"{where} uses mode {mode}, which needs a token exchange: install alibabacloud-credentials for "
-            "snapbatch to perform it (pip install 'snapbatch[aliyun]'), or use a profile of mode AK or StsToken, "
-            "or export ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET/_SECURITY_TOKEN"
+            f"{where} uses mode {echo(mode, quote=False)}, which needs a token exchange: install "
+            "alibabacloud-credentials for snapbatch to perform it (pip install 'snapbatch[aliyun]'), or use a "
+            "profile of mode AK or StsToken, or export ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET/_SECURITY_TOKEN"
         )
     key_id, secret = chosen.get("access_key_id"), chosen.get("access_key_secret")
     if not key_id or not secret:
@@ -112,7 +132,7 @@ def _from_ini(path: Path) -> Credentials | None:
     kind = section.get("type", "access_key")
     if kind != "access_key":
         raise CredentialsError(
-            f"[default] in {path} is of type {kind}; snapbatch reads type access_key, and with "
+            f"[default] in {path} is of type {echo(kind, quote=False)}; snapbatch reads type access_key, and with "
             "pip install 'snapbatch[aliyun]' also ram_role_arn, oidc_role_arn and ecs_ram_role"
         )
     key_id, secret = section.get("access_key_id"), section.get("access_key_secret")
@@ -197,9 +217,9 @@ def _read_ini(parser: configparser.ConfigParser, path: Path) -> bool:
         ) from None
     except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as exc:
         what = (
-            f"option {exc.option!r} in [{exc.section}]"
+            f"option {echo(exc.option)} in [{echo(exc.section, quote=False)}]"
             if isinstance(exc, configparser.DuplicateOptionError)
-            else (f"section [{exc.section}]")
+            else f"section [{echo(exc.section, quote=False)}]"
         )
         raise CredentialsError(f"{path} line {exc.lineno}: {what} appears twice; keep one") from None
     except configparser.ParsingError as exc:

@@ -44,8 +44,8 @@ def resolve_endpoint(cli_endpoint: str | None, manifest_endpoint: str | None, re
 
 
 def check_url(url: str) -> None:
-    """Refuse what would leak credentials or cannot work: a malformed URL, a bad port, a path, and plain http
-    to anything but a loopback address."""
+    """Refuse what would leak credentials or cannot work: a malformed URL, a bad port, a user name, a path, a
+    query or fragment, and plain http to anything but a loopback address."""
     problem = url_problem(url)
     if problem is not None:
         raise UsageError(f"endpoint {echo(url)} {problem}; give e.g. https://vod.cn-shanghai.aliyuncs.com")
@@ -55,6 +55,13 @@ def check_url(url: str) -> None:
             f"endpoint {echo(url)} uses plain http:// to a remote host (not a loopback address), which would send "
             "signed requests in the clear; use https:// (plain http is allowed only to 127.0.0.0/8, ::1 or "
             "localhost, for the emulator)"
+        )
+    if "?" in url or "#" in url:
+        # a query would be signed into no request and a fragment never sent: either is a pasted URL, not VOD's
+        raise UsageError(
+            f"endpoint {echo(url)} has a query (?...) or a fragment (#...); an endpoint is scheme://host[:port] "
+            "with nothing after the host but an optional /: remove everything from the ? or #, e.g. "
+            "https://vod.cn-shanghai.aliyuncs.com"
         )
     if urlsplit(url).path not in ("", "/"):
         raise UsageError(

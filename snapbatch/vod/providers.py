@@ -17,7 +17,7 @@ from typing import Protocol
 
 import anyio
 
-from snapbatch.errors import CredentialsError
+from snapbatch.errors import CredentialsError, printable
 from snapbatch.vod.api import TIMESTAMP_FORMAT
 from snapbatch.vod.credentials import Credentials
 
@@ -247,7 +247,8 @@ def redact(text: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """One line about ``exc`` for a message, with nothing secret in it."""
-    detail = redact(" ".join(str(exc).split()))
+    # escaped too: the text may quote a server's answer or a configuration file's value
+    detail = printable(redact(" ".join(str(exc).split())))
     if len(detail) > 300:
         detail = detail[:297] + "..."
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
