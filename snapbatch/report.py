@@ -23,6 +23,7 @@ __all__ = [
     "absorbed_line",
     "duration",
     "error_label",
+    "html_written_line",
     "ingested_line",
     "listing_document",
     "listing_line",
@@ -217,6 +218,10 @@ def ingested_line(total: int, new: int) -> str:
 
 def absorbed_line(count: int) -> str:
     return f"{count} requests updated from the receiver's events"
+
+
+def html_written_line(path: object, planned: int) -> str:
+    return f"wrote {path}: the batch's {planned} requests at a glance, one self-contained HTML file"
 
 
 def reopened_line(count: int) -> str:

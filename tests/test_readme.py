@@ -47,11 +47,20 @@ def test_every_command_and_run_flag_is_documented() -> None:
 
 
 def test_readme_commands_for_a_fresh_machine() -> None:
-    """The two fresh-machine commands are there: install+example on the emulator, install+tests."""
+    """The two fresh-machine commands are there: install+example on the emulator, install+tests (redis-server
+    and chromium included)."""
     assert "pip install -e . && snapbatch run jobs.example.yaml --emulator" in README
     assert re.search(
         r"^\(command -v redis-server >/dev/null \|\| \(apt-get update && apt-get install -y redis-server\)\) "
+        r"&& \(command -v chromium >/dev/null \|\| \(apt-get update && apt-get install -y chromium\)\) "
         r"&& pip install -e '\.\[test\]' && pytest$",
         README,
         flags=re.M,
     )
+
+
+def test_ci_installs_what_the_tests_need() -> None:
+    """.ci/run installs redis-server and chromium when missing, as the README's test command does."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    for package in ("redis-server", "chromium"):
+        assert f"command -v {package} || (apt-get update && apt-get install -y {package})" in ci, package

@@ -93,3 +93,47 @@ def test_newer_schema_is_refused_with_exit_6_and_left_untouched(tmp_path: Path, 
         assert r.code == 6
         assert f"schema version {SCHEMA_VERSION + 1}" in r.err and "upgrade snapbatch" in r.err
     assert path.read_bytes() == content
+
+
+# The v0 fixture opened by snapbatch at schema version 2 (completion and listings, before attempt tallies),
+# with k..0's job recorded as completed.
+FIXTURE_V2 = Path(__file__).parent / "fixtures" / "state-v2.sqlite3"
+
+
+def test_fixture_is_a_version_2_file() -> None:
+    """The checked-in v2 file has the completion columns and listings but no attempt tallies."""
+    with sqlite3.connect(FIXTURE_V2) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert "listings" in tables and "attempt_seconds" not in tables
+
+
+def test_version_2_file_gains_attempt_tallies_and_keeps_every_record(tmp_path: Path, cli: CliRunner) -> None:
+    """Opening a v2 file upgrades it to the current version in place: every request keeps its record, the
+    attempt tallies start empty (the HTML report says so instead of drawing), and new outcomes are tallied."""
+    from snapbatch.models import ACCEPTED, Outcome
+    from snapbatch.run.state import Intent, Settled
+
+    path = tmp_path / "legacy.sqlite3"
+    shutil.copy(FIXTURE_V2, path)
+    with sqlite3.connect(path) as db:
+        before = db.execute("SELECT key, status, attempts, job_id, completion FROM requests ORDER BY seq").fetchall()
+    manifest = tmp_path / "legacy.yaml"
+    manifest.write_text(MANIFEST)
+    r = cli("report", str(manifest), "--state", str(path), "--html", str(tmp_path / "r.html"))
+    assert r.code == 0, r.err
+    page = (tmp_path / "r.html").read_text()
+    assert "No attempts recorded yet" in page and 'data-metric="completed">1<' in page
+    assert _version(path) == SCHEMA_VERSION
+    with sqlite3.connect(path) as db:
+        after = db.execute("SELECT key, status, attempts, job_id, completion FROM requests ORDER BY seq").fetchall()
+        assert db.execute("SELECT COUNT(*) FROM attempt_seconds").fetchone() == (0,)
+    assert after == before and after[0][4] == "success"
+    state = State(path, clock=lambda: 1764200200.5)
+    try:
+        key = before[4][0]
+        state.apply([Intent(key), Settled(key, Outcome(ACCEPTED, job_id="job4"))])
+    finally:
+        state.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT second, kind, calls FROM attempt_seconds").fetchall() == [(1764200200, "accepted", 1)]

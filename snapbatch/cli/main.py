@@ -62,7 +62,7 @@ commands:
   plan       show exactly what would be sent, and how long it takes
   run        send the batch (resumable; see `snapbatch run --help`)
   status     progress of a batch from its state file
-  report     one row per request: CSV or JSONL
+  report     one row per request: CSV or JSONL; or the batch as one HTML page (--html)
   receive    record SnapshotComplete callbacks: which jobs completed or failed
   poll       ask GetJobDetail about submitted jobs whose outcome is still unknown
   emulator   serve a local VOD endpoint for trying things out
@@ -231,9 +231,11 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         help="one row per request",
         formatter_class=fmt,
         description="One row per request: job, key, VideoId or ReferenceId, status, JobId, RequestId, "
-        "error_code, error_message, attempts, submitted_at.",
+        "error_code, error_message, attempts, submitted_at. With --html FILE, instead, the whole batch as one "
+        "self-contained HTML page (nothing on stdout).",
         epilog="examples:\n  snapbatch report jobs.yaml > report.csv\n"
-        "  snapbatch report jobs.yaml --format jsonl --only failed",
+        "  snapbatch report jobs.yaml --format jsonl --only failed\n"
+        "  snapbatch report jobs.yaml --html report.html   # open it in a browser, attach it to a mail",
     )
     p.add_argument("manifest", metavar="MANIFEST", type=Path)
     _add_state_arg(p)
@@ -244,6 +246,13 @@ def _parser(out: Out) -> argparse.ArgumentParser:
         "--completion",
         choices=("completed", "failed", "processing", "unknown"),
         help="only submitted requests whose job is in this state",
+    )
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="instead of rows, write the whole batch as one self-contained HTML page: counts, rate against the "
+        "limit, throttles and errors over time, failures by code with what to do, per job",
     )
     _add_events_arg(p)
 

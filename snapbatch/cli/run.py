@@ -4,9 +4,11 @@ events and summaries (in report.py's words), and its exit code."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
+import os
 import secrets
 import tempfile
 import time
@@ -22,6 +24,7 @@ from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
 from snapbatch.emulator.catalogue import Catalogue, load_catalogue
 from snapbatch.errors import SnapbatchError, StateError, UsageError
+from snapbatch.htmlreport import render_html
 from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
 from snapbatch.metrics import MetricsFile
@@ -30,6 +33,7 @@ from snapbatch.report import (
     COMPLETION_WORDS,
     REPORT_FIELDS,
     absorbed_line,
+    html_written_line,
     ingested_line,
     listing_document,
     listing_line,
@@ -62,6 +66,7 @@ from snapbatch.run.listings import (
     listing_mark,
 )
 from snapbatch.run.margin import cache_dir
+from snapbatch.run.overview import read_overview
 from snapbatch.run.quota import Pacing, resolve_quota
 from snapbatch.run.runner import RunOptions, RunResult, StopReason
 from snapbatch.run.session import Progress, RunEvents, run_manifest
@@ -419,9 +424,16 @@ def status_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
 
 
 def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -> int:
+    if getattr(args, "html", None) is not None and (args.only or getattr(args, "completion", None)):
+        raise UsageError("--html shows the whole batch: leave out --only and --completion (they filter rows)")
     manifest, state = open_state(args, env)
     try:
         absorb_events(args, manifest, state)
+        if getattr(args, "html", None) is not None:
+            view = read_overview(state, manifest.batch, manifest.qps)
+            _write_atomically(Path(args.html), render_html(view))
+            out.log(html_written_line(args.html, view.counts["planned"]))
+            return EXIT["ok"]
         # no run alive: a dead run's 'sending' rows are in doubt, and listed so at once
         dead = state.holder() is None
         rows = (report_row(row) for row in state.rows((args.only,) if args.only else None, sending_in_doubt=dead))
@@ -439,3 +451,20 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     finally:
         state.close()
     return EXIT["ok"]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``path`` holds the old page or the new one, never half of one (a mail job may pick it up any time)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write --html {path}: {exc.strerror or exc}; check the directory") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as file:
+            file.write(text)
+        os.chmod(tmp, 0o644)  # a page to share, not a secret: mkstemp makes it private
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write --html {path}: {exc.strerror or exc}; check free disk space") from None

@@ -212,11 +212,14 @@ class _Run:
                 batch.append(heapq.heappop(self.retries)[2])
             while len(batch) < size:
                 if not self.page and not self.exhausted:
+                    # asked before the read: an ingest that ends during the read has committed its rows by then,
+                    # so an empty page after "no more coming" really is the end
+                    coming = self.more_coming()
                     page = await anyio.to_thread.run_sync(self.state.pending, self.statuses, self.after_seq, PAGE)
                     self.page = list(reversed(page))
                     if page:
                         self.after_seq = page[-1].seq
-                    elif not self.more_coming():
+                    elif not coming:
                         self.exhausted = True
                 if not self.page:
                     break

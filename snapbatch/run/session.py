@@ -163,6 +163,7 @@ def run_manifest(
     try:
         state.lock(time.time())
         state.check_batch(manifest.batch)
+        state.set_meta({"qps": str(qps)})  # the limit `report --html` draws the accepted calls against
         recovered = state.recover()
         if prepare is not None:
             prepare(state)

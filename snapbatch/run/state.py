@@ -103,6 +103,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE listed_videos (job TEXT NOT NULL, seq INTEGER NOT NULL, video TEXT NOT NULL, "
         "PRIMARY KEY (job, seq)) WITHOUT ROWID",
     ),
+    # 3: what `report --html` charts: attempts by the second their outcome was recorded (wall clock) and by
+    # outcome kind, kept with the outcomes themselves; one row a kind a second, whatever the number of calls
+    (
+        "CREATE TABLE attempt_seconds (second INTEGER NOT NULL, kind TEXT NOT NULL, calls INTEGER NOT NULL, "
+        "PRIMARY KEY (second, kind)) WITHOUT ROWID",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -606,6 +612,9 @@ class State:
         "WHERE key = ? AND status != 'submitted'",
         "other": "UPDATE requests SET status = ?, request_id = ?, error_code = ?, error_message = ?, updated_at = ? "
         "WHERE key = ? AND status != 'submitted'",
+        # attempts by second and outcome kind (schema 3), for the report's charts
+        "tally": "INSERT INTO attempt_seconds(second, kind, calls) VALUES (?, ?, ?) "
+        "ON CONFLICT(second, kind) DO UPDATE SET calls = calls + excluded.calls",
     }
 
     def apply(self, changes: Iterable[Change]) -> None:
@@ -644,6 +653,7 @@ class State:
         """The changes as statements and their arguments, consecutive ones of a kind together."""
         now = self.clock()
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        tally: dict[str, int] = {}  # the outcomes by kind, for attempt_seconds
         for change in changes:
             args: tuple[Any, ...]
             if isinstance(change, Intent):
@@ -660,10 +670,14 @@ class State:
                     "other",
                     (status, outcome.request_id, outcome.code or outcome.kind, outcome.message, now, change.key),
                 )
+            if isinstance(change, Settled):
+                tally[change.outcome.kind] = tally.get(change.outcome.kind, 0) + 1
             if runs and runs[-1][0] == kind:  # consecutive changes of one kind go in one executemany
                 runs[-1][1].append(args)
             else:
                 runs.append((kind, [args]))
+        if tally:  # the outcomes by second and kind, for the report's charts, in the same transaction
+            runs.append(("tally", [(int(now), str(k), n) for k, n in tally.items()]))
         return runs
 
     # -- reading --------------------------------------------------------------------------------------
