@@ -46,21 +46,25 @@ def test_every_command_and_run_flag_is_documented() -> None:
     assert not missing, f"run flags missing from the README: {missing}"
 
 
+# the Debian packages the tests use (redis-server, chromium, promtool), installed when one is missing
+DEBIAN_PACKAGES = (
+    "(command -v redis-server && command -v chromium && command -v promtool) >/dev/null "
+    "|| (apt-get update && apt-get install -y redis-server chromium prometheus)"
+)
+
+
 def test_readme_commands_for_a_fresh_machine() -> None:
-    """The two fresh-machine commands are there: install+example on the emulator, install+tests (redis-server
-    and chromium included)."""
+    """The two fresh-machine commands are there: install+example on the emulator, install+tests (redis-server,
+    chromium and promtool included)."""
     assert "pip install -e . && snapbatch run jobs.example.yaml --emulator" in README
     assert re.search(
-        r"^\(command -v redis-server >/dev/null \|\| \(apt-get update && apt-get install -y redis-server\)\) "
-        r"&& \(command -v chromium >/dev/null \|\| \(apt-get update && apt-get install -y chromium\)\) "
-        r"&& pip install -e '\.\[test\]' && pytest$",
+        r"^" + re.escape(DEBIAN_PACKAGES) + r" && pip install -e '\.\[test\]' && pytest$",
         README,
         flags=re.M,
     )
 
 
 def test_ci_installs_what_the_tests_need() -> None:
-    """.ci/run installs redis-server and chromium when missing, as the README's test command does."""
+    """.ci/run installs redis-server, chromium and promtool when missing, as the README's test command does."""
     ci = (ROOT / ".ci" / "run").read_text()
-    for package in ("redis-server", "chromium"):
-        assert f"command -v {package} || (apt-get update && apt-get install -y {package})" in ci, package
+    assert DEBIAN_PACKAGES in ci.splitlines()
