@@ -86,6 +86,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.waiting: asyncio.Task[None] | None = None  # the jitter or latency of the request being answered
+        self.writes_paused = False  # the client reads its answers slower than it sends requests
         self.closed = False
 
     # -- asyncio's callbacks ----------------------------------------------------------------------------
@@ -102,6 +103,16 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.unread.append(data)
         self._advance()
+
+    def pause_writing(self) -> None:
+        # read no more requests until the client has taken its answers, as a stream's send would wait
+        self.writes_paused = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writes_paused = False
+        self._resume()
 
     def eof_received(self) -> bool:
         self.at_eof = True
@@ -197,7 +208,10 @@ class _Connection(asyncio.Protocol):
         if self.closed:  # the client went away: the call was handled all the same, as over a network
             return
         self._send(reply)
-        if not self.closed:
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self.closed and self.waiting is None and not self.writes_paused:
             assert self.transport is not None
             self.transport.resume_reading()
             self._advance()
