@@ -31,6 +31,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # fits in one piece.
 _RECEIVE_BYTES = 4096
 _JSON = (b"content-type", b"application/json;charset=utf-8")
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps with options makes an encoder a call
 
 
 class _Refused(Exception):
@@ -221,7 +222,7 @@ class _Connection(asyncio.Protocol):
         if reply.drop:
             self._close()
             return
-        payload = json.dumps(reply.body, separators=(",", ":")).encode()
+        payload = _ENCODE(reply.body).encode()
         response = h11.Response(
             status_code=reply.status,
             headers=[

@@ -84,6 +84,7 @@ _STATUS = {
 _SPRITE_FIELDS = {"CellWidth", "CellHeight", "Padding", "Margin", "Color", "Columns", "Lines", "KeepCellPic"}
 _SECRET_PARAMS = ("Signature", "SecurityToken", "OIDCToken")
 _ID_MASK = (1 << 48) - 1
+_LOG_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one a call
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Emulator:
         if len(calls) > self.keep_calls + self.keep_calls // 10:
             del calls[: len(calls) - self.keep_calls]
         if self.log_file is not None:
-            self.log_file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self.log_file.write(_LOG_ENCODE(entry) + "\n")
             self.log_file.flush()
         for observer in self.observers:
             observer(entry)
