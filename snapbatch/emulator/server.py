@@ -30,6 +30,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # over MAX_HEAD_BYTES (by at most one piece) a 431 rather than a head parsed in full. A request of this API
 # fits in one piece.
 _RECEIVE_BYTES = 4096
+_READ_BYTES = 64 * 1024
 _JSON = (b"content-type", b"application/json;charset=utf-8")
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps with options makes an encoder a call
 
@@ -74,7 +75,7 @@ async def serve(
             connection.abort()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: requests in order, one at a time (a pipelined one waits for the answer before)."""
 
     def __init__(self, emulator: Emulator, live: set[_Connection]) -> None:
@@ -82,6 +83,8 @@ class _Connection(asyncio.Protocol):
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.transport: asyncio.Transport | None = None
         self.unread: deque[bytes] = deque()  # received, not yet given to h11
+        # asyncio reads into this one buffer rather than a new 256 KiB bytes object a read
+        self.buffer = memoryview(bytearray(_READ_BYTES))
         self.at_eof = self.eof_given = False
         self.request: h11.Request | None = None
         self.headers: dict[str, str] = {}
@@ -101,8 +104,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.live.discard(self)
 
-    def data_received(self, data: bytes) -> None:
-        self.unread.append(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.unread.append(bytes(self.buffer[:nbytes]))
         self._advance()
 
     def pause_writing(self) -> None:
