@@ -561,11 +561,11 @@ def _command(args: argparse.Namespace, environ: Mapping[str, str], out: Out, met
     except StateError as exc:
         out.log(str(exc))
         return EXIT["state"]
-    except ListingError as exc:
-        print(f"snapbatch: {exc}", file=out.stderr)
+    except ListingError as exc:  # may quote SearchMedia's Code and Message: escaped by out.log
+        out.log(str(exc))
         return EXIT[exc.exit]
     except CredentialsError as exc:  # none found, or the exchange for them failed: nothing was sent
-        print(f"snapbatch: {exc}", file=out.stderr)
+        out.log(str(exc))
         return EXIT["fatal"]
     except SnapbatchError as exc:
         out.log(str(exc))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import itertools
 import json
+import os
 import random
 import re
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from snapbatch.vod.signing import (
 __all__ = [
     "DROP_AFTER",
     "DROP_BEFORE",
+    "KEEP_CALLS",
     "Emulator",
     "EmulatorConfig",
     "Reply",
@@ -50,6 +52,7 @@ __all__ = [
 DROP_BEFORE = "drop-before"  # close the connection without an answer; no job is made
 DROP_AFTER = "drop-after"  # make the job, then close the connection without an answer
 SKEW_S = 15 * 60
+KEEP_CALLS = 100_000  # the most recent calls ``Emulator.calls`` keeps (the log file keeps every one)
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _STATUS = {
     "InvalidAccessKeyId.NotFound": 404,
@@ -80,6 +83,8 @@ _STATUS = {
 }
 _SPRITE_FIELDS = {"CellWidth", "CellHeight", "Padding", "Margin", "Color", "Columns", "Lines", "KeepCellPic"}
 _SECRET_PARAMS = ("Signature", "SecurityToken", "OIDCToken")
+_ID_MASK = (1 << 48) - 1
+_LOG_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one a call
 
 
 @dataclass
@@ -150,14 +155,24 @@ class Emulator:
         log_file: IO[str] | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        keep_calls: int = KEEP_CALLS,
     ) -> None:
         self.config = config
         self.log_file = log_file
+        self.keep_calls = max(1, keep_calls)
         self.wall, self.mono = wall, mono
         self.rng = random.Random(config.seed)
         # jobs' fates draw from their own generator, so adding them left the seeded fault sequence as it was
         self.fate_rng = random.Random(None if config.seed is None else config.seed + 1)
+        # the most recent calls, oldest first: trimmed back to keep_calls once it holds a tenth more, so that
+        # an emulator serving for days keeps its memory
         self.calls: list[dict[str, Any]] = []
+        # RequestIds and JobIds: a random base per emulator counted up, unique as uuid4 but without asking the
+        # system for random bytes twice a call
+        base = os.urandom(9).hex().upper()
+        self._request_id_prefix = f"{base[:8]}-{base[8:12]}-4{base[12:15]}-8{base[15:18]}-"  # uuid4's shape
+        self._job_id_prefix = os.urandom(10).hex()
+        self._serial = itertools.count(int.from_bytes(os.urandom(6)))
         self.observers: list[Callable[[dict[str, Any]], None]] = []  # told of every call, after it is logged
         self.jobs: dict[str, dict[str, Any]] = {}
         self.completions: list[tuple[float, str]] = []  # (done_at, JobId): events not yet handed out
@@ -178,7 +193,7 @@ class Emulator:
         """One HTTP request -> a Reply. ``headers`` have lower-case names."""
         arrived_wall, arrived = self.wall(), self.mono()
         entry: dict[str, Any] = {"t": arrived_wall, "mono": arrived}
-        request_id = str(uuid.uuid4()).upper()
+        request_id = f"{self._request_id_prefix}{next(self._serial) & _ID_MASK:012X}"
         try:
             reply = self._handle(method, target, headers, body, entry, request_id)
         except _Error as exc:
@@ -196,9 +211,12 @@ class Emulator:
         entry["status"] = 0 if reply.drop else reply.status
         entry["request_id"] = request_id
         reply.log = entry
-        self.calls.append(entry)
+        calls = self.calls
+        calls.append(entry)
+        if len(calls) > self.keep_calls + self.keep_calls // 10:
+            del calls[: len(calls) - self.keep_calls]
         if self.log_file is not None:
-            self.log_file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self.log_file.write(_LOG_ENCODE(entry) + "\n")
             self.log_file.flush()
         for observer in self.observers:
             observer(entry)
@@ -211,10 +229,9 @@ class Emulator:
             raise _Error("UnsupportedHTTPMethod", f"The HTTP method {method} is not supported.")
         split = urlsplit(target)
         query = dict(parse_qsl(split.query, keep_blank_values=True))
-        form = {}
+        params = query  # no second copy when there is no form body, as with the official SDKs and snapbatch
         if body and headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        params = {**query, **form}
+            params = {**query, **dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))}
         if self.sts is not None and (params.get("Action") in STS_ACTIONS or split.path == CREDENTIALS_URI_PATH):
             return self._handle_sts(method, split.path, params, entry, request_id)
         if self.config.query_only:
@@ -224,7 +241,7 @@ class Emulator:
         else:
             key_id = self._check_v1(method, params)
             action, version = params.get("Action", ""), params.get("Version", "")
-        entry.update(ak=key_id, action=action, params={k: v for k, v in params.items() if k not in _SECRET_PARAMS})
+        entry.update(ak=key_id, action=action, params=_without_secrets(params))
         if not action:
             raise _Error(
                 "MissingParameter",
@@ -252,7 +269,7 @@ class Emulator:
             except CatalogueError as exc:
                 raise _Error(exc.code, exc.message) from None
         video_id = self._check_submit(params)
-        job_id = uuid.uuid4().hex
+        job_id = f"{self._job_id_prefix}{next(self._serial) & _ID_MASK:012x}"
         self.jobs[job_id] = self._new_job(video_id, entry["t"], entry["params"])
         heapq.heappush(self.completions, (self.jobs[job_id]["done_at"], job_id))
         entry.update(job_id=job_id, outcome="accepted" if fault is None else DROP_AFTER)
@@ -265,7 +282,7 @@ class Emulator:
     ) -> Reply:
         assert self.sts is not None
         action = params.get("Action") or "CredentialsURI"
-        entry.update(action=action, params={k: v for k, v in params.items() if k not in _SECRET_PARAMS})
+        entry.update(action=action, params=_without_secrets(params))
         try:
             if path == CREDENTIALS_URI_PATH:
                 body = self.sts.credentials_document()
@@ -498,6 +515,13 @@ class Emulator:
         if done:
             detail["CompleteTime"] = _iso(job["done_at"])
         return {"RequestId": request_id, "SnapshotJobDetail": detail}
+
+
+def _without_secrets(params: dict[str, str]) -> dict[str, str]:
+    """``params`` for the log: itself when it holds no secret (a V3 call's never does), else a copy without."""
+    if "Signature" in params or "SecurityToken" in params or "OIDCToken" in params:  # _SECRET_PARAMS
+        return {k: v for k, v in params.items() if k not in _SECRET_PARAMS}
+    return params
 
 
 def _compact(value: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from snapbatch.errors import SnapbatchError
+from snapbatch.errors import SnapbatchError, echo
 from snapbatch.models import EXPIRED, FAILED, FATAL, THROTTLED, Outcome, Search
 from snapbatch.run.limiter import Limiter
 from snapbatch.run.state import State
@@ -41,6 +41,7 @@ __all__ = [
 PAGE_SIZE = 100
 SEARCH_QPS = 50.0  # SearchMedia's documented limit per account
 MAX_SCROLLED = 2_000_000
+_SERVER_TEXT_CHARS = 300  # the most of a server's Code or Message an error quotes
 _SELECT = "SELECT job, match, sort_by, pages, listed, total, started_at, finished_at, scroll_token FROM listings"
 
 
@@ -256,14 +257,15 @@ async def list_videos(
                 raise _too_many(job)
             continue
         if outcome.kind == FATAL:
-            raise ListingError(f"SearchMedia answered {outcome.code}: {outcome.message}", "fatal")
+            raise ListingError(f"SearchMedia answered {_said(outcome.code)}: {_said(outcome.message)}", "fatal")
         if outcome.kind == FAILED or (outcome.http_status == 200 and outcome.code is None and body is not None):
             if info.scroll_token and "ScrollToken" in (outcome.message or ""):
                 # The service no longer knows the token (a listing resumed long after): start over.
                 info = await anyio.to_thread.run_sync(store.start, job, search, clock())
                 continue
             raise ListingError(
-                f"SearchMedia refused job {job!r}'s query: {outcome.code or outcome.http_status}: {outcome.message}; "
+                f"SearchMedia refused job {job!r}'s query: {_said(outcome.code or outcome.http_status)}: "
+                f"{_said(outcome.message)}; "
                 "check the Match expression",
                 "usage",
             )
@@ -272,16 +274,21 @@ async def list_videos(
             limiter.throttled()
         if not reached and failures >= unreachable_after:
             raise ListingError(
-                f"the endpoint never answered SearchMedia for job {job!r} ({outcome.message}); check the endpoint "
-                "and the network (the listing resumes where it stopped)"
+                f"the endpoint never answered SearchMedia for job {job!r} ({_said(outcome.message)}); check the "
+                "endpoint and the network (the listing resumes where it stopped)"
             )
         if failures >= max_attempts:
             raise ListingError(
-                f"SearchMedia kept failing for job {job!r} ({outcome.code or outcome.message}) after "
+                f"SearchMedia kept failing for job {job!r} ({_said(outcome.code or outcome.message)}) after "
                 f"{info.listed} videos; run again to continue the listing where it stopped"
             )
         if outcome.kind != EXPIRED:
             await anyio.sleep(rng.uniform(0, min(backoff_cap_s, backoff_base_s * 2**failures)))
+
+
+def _said(text: object) -> str:
+    """What a server said (a Code, a Message), as an error quotes it: escaped, and shortened when long."""
+    return echo(text, _SERVER_TEXT_CHARS, quote=False)
 
 
 def _too_many(job: str) -> ListingError:
