@@ -77,6 +77,10 @@ def test_a_write_under_way_in_this_process_is_not_waited_for(tmp_path: Path) -> 
             "http://p:1",
         ),
         ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:8080", None),
+        # a NO_PROXY entry with a port covers that port only, as for httpx (a default port is no port to it)
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:8080"}, "http://127.0.0.1:8080", None),
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:9999"}, "http://127.0.0.1:8080", "http://p:1"),
+        ({"ALL_PROXY": "http://p:1", "NO_PROXY": "::1"}, "http://[::1]:8080", None),
         ({"http_proxy": "http://lower:1"}, "http://127.0.0.1:8080", "http://lower:1"),
         ({}, "https://vod.cn-shanghai.aliyuncs.com", None),
     ],
@@ -85,7 +89,8 @@ def test_the_proxy_is_the_one_the_environment_names(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, proxy: str | None
 ) -> None:
     """HTTPS_PROXY or HTTP_PROXY by the endpoint's scheme, else ALL_PROXY (a bare host:port meaning http://);
-    none when NO_PROXY covers the host (itself or a parent domain, or *); VodClient keeps that choice."""
+    none when NO_PROXY covers the host (itself or a parent domain, or *, with the endpoint's port when the entry
+    names one); VodClient keeps that choice."""
     for name in _PROXY_NAMES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)

@@ -208,12 +208,16 @@ def default_tls() -> ssl.SSLContext:
 def environment_proxy(url: httpx.URL) -> str | None:
     """The proxy the environment names for ``url`` (HTTPS_PROXY or HTTP_PROXY by its scheme, else ALL_PROXY;
     none when NO_PROXY covers its host): ``urllib.request.getproxies()``, the table httpx's ``trust_env`` reads
-    too, and the standard library's NO_PROXY rule (a name covers itself and its subdomains; ``*`` covers every host)."""
+    too, and the standard library's NO_PROXY rule (a name covers itself and its subdomains, ``name:port`` only that
+    port; ``*`` covers every host)."""
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     # "*" among other names turns proxies off for httpx (and curl); the standard library honours it only alone
     every = "*" in (name.strip() for name in proxies.get("no", "").split(","))
-    if not proxy or every or urllib.request.proxy_bypass(url.host):
+    # with the port when the URL names one: an entry "host:port" then covers that port only, as for httpx
+    # (to which a default port is no port), and a plain "host" still covers every port
+    where = url.host if url.port is None else f"{url.host}:{url.port}"
+    if not proxy or every or urllib.request.proxy_bypass(where):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
 
