@@ -3,12 +3,14 @@ proxy chosen once from the environment as httpx's trust_env would."""
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
+from snapbatch.errors import UsageError
 from snapbatch.models import Request
 from snapbatch.run.state import Intent, State
 from snapbatch.vod.client import VodClient, environment_proxy
@@ -98,3 +100,25 @@ def test_the_proxy_is_the_one_the_environment_names(
         monkeypatch.setenv(name, value)
     assert environment_proxy(httpx.URL(url)) == proxy
     assert VodClient(url, Credentials("LTAIexample0000", "secret")).proxy == proxy
+
+
+@pytest.mark.parametrize(
+    ("proxy", "why"),
+    [("socks5://user:hunter2@127.0.0.1:1080", "socksio"), ("ftp://user:hunter2@127.0.0.1:21", "not an http://")],
+)
+def test_a_proxy_httpx_cannot_use_is_a_usage_error_that_hides_its_password(
+    monkeypatch: pytest.MonkeyPatch, proxy: str, why: str
+) -> None:
+    """A proxy the environment names that httpx cannot use (SOCKS without socksio, another scheme) is a
+    UsageError naming the variable and the proxy's host, never its password, instead of httpx's exception."""
+    if why == "socksio" and importlib.util.find_spec("socksio"):
+        pytest.skip("socksio is installed here: httpx can use a SOCKS proxy")
+    for name in _PROXY_NAMES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    with pytest.raises(UsageError) as caught:
+        VodClient("https://vod.cn-shanghai.aliyuncs.com", Credentials("LTAIexample0000", "secret"))
+    message = str(caught.value)
+    assert why in message and "HTTPS_PROXY" in message and "127.0.0.1" in message
+    assert "hunter2" not in message and "user" not in message

@@ -11,12 +11,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from snapbatch import __version__
-from snapbatch.errors import CredentialsError
+from snapbatch.errors import CredentialsError, UsageError
 from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, WRONG_ENDPOINT, Outcome
 from snapbatch.vod.api import API_VERSION
 from snapbatch.vod.credentials import Credentials
@@ -222,6 +222,16 @@ def environment_proxy(url: httpx.URL) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
+def _shown(proxy: str | None) -> str:
+    """A proxy URL as it may be shown: scheme, host and port, never a user name or password."""
+    parts = urlsplit(proxy or "")
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":(malformed)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+
 class VodClient:
     """Calls VOD at ``endpoint``. Use as an async context manager.
 
@@ -259,14 +269,25 @@ class VodClient:
         verify = tls or default_tls()  # one SSL context for every pool, direct or proxied
         pools = math.ceil(max_connections / CONNECTIONS_PER_POOL)
         per_pool = math.ceil(max_connections / pools)
-        self._pools = [
-            httpx.AsyncHTTPTransport(
-                verify=verify,
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                proxy=self.proxy,
+        try:
+            self._pools = [
+                httpx.AsyncHTTPTransport(
+                    verify=verify,
+                    limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                    proxy=self.proxy,
+                )
+                for _ in range(pools)
+            ]
+        except (ImportError, ValueError, httpx.InvalidURL) as exc:  # the proxy the environment names: say which
+            why = (
+                "a SOCKS proxy needs the socksio package (pip install 'httpx[socks]')"
+                if isinstance(exc, ImportError)
+                else "it is not an http://, https:// or socks5:// proxy URL"
             )
-            for _ in range(pools)
-        ]
+            raise UsageError(
+                f"cannot use the proxy the environment names for {url.scheme}:// endpoints ({_shown(self.proxy)}): "
+                f"{why}; correct {url.scheme.upper()}_PROXY or ALL_PROXY, or name {self.host} in NO_PROXY"
+            ) from None
         self._busy = [0] * pools
 
     def _request(self, action: str, params: Mapping[str, str], credentials: Credentials) -> httpx.Request:
