@@ -246,8 +246,10 @@ class _Sequence:
 
     @classmethod
     def fresh(cls, *, reset: bool) -> _Sequence:
-        # Ids start at random, so a reservation made before the file started afresh never matches a new one.
-        return cls(math.nan, random.randrange(1 << 48), array("d"), array("d"), bytearray(), reset)
+        # Ids start at random, so a reservation made before the file started afresh never matches a new one: from
+        # the OS, since processes whose `random` was seeded alike would otherwise start two sequences at one id.
+        first = int.from_bytes(os.urandom(6), "little")
+        return cls(math.nan, first, array("d"), array("d"), bytearray(), reset)
 
     @classmethod
     def unpack(cls, raw: bytes, boot: bytes) -> _Sequence | None:
