@@ -122,3 +122,18 @@ def test_a_proxy_httpx_cannot_use_is_a_usage_error_that_hides_its_password(
     message = str(caught.value)
     assert why in message and "HTTPS_PROXY" in message and "127.0.0.1" in message
     assert "hunter2" not in message and "user" not in message
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"])
+def test_an_unreadable_ssl_cert_file_is_a_usage_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes | None
+) -> None:
+    """SSL_CERT_FILE naming a missing file or one without certificates is a UsageError that names the variable
+    and the file, instead of an OSError or ssl.SSLError escaping as a traceback with exit 1."""
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    with pytest.raises(UsageError) as caught:
+        VodClient("http://127.0.0.1:9", Credentials("LTAIexample0000", "secret"))
+    assert "SSL_CERT_FILE" in str(caught.value) and str(bundle) in str(caught.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import ssl
 import urllib.request
 import uuid
@@ -202,7 +203,14 @@ _CONSTANT_HEADERS = (
 def default_tls() -> ssl.SSLContext:
     """The one trust store for every connection, direct or through a proxy: httpx's default, which is
     SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle (as the official SDKs use)."""
-    return httpx.create_ssl_context(trust_env=True)
+    try:
+        return httpx.create_ssl_context(trust_env=True)
+    except OSError as exc:  # ssl.SSLError too: a file that is missing, unreadable or holds no certificate
+        name = "SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else "SSL_CERT_DIR"
+        raise UsageError(
+            f"cannot load the trusted certificates {name} names ({os.environ.get(name, '')}): "
+            f"{exc.strerror or exc}; point it at a PEM bundle of CA certificates, or unset it to use certifi's"
+        ) from None
 
 
 def environment_proxy(url: httpx.URL) -> str | None:
