@@ -27,12 +27,15 @@ def _state(tmp_path: Path) -> State:
 
 def test_a_write_that_would_wait_for_another_connection_is_left_undone(tmp_path: Path) -> None:
     """While another connection (the ingest's, say) holds a write transaction, apply_at_once writes nothing and
-    says so at once (False), instead of blocking the event loop; once it is free, the same call writes."""
+    says so at once (False), instead of blocking the event loop, and leaves the writer's busy timeout as it was;
+    once it is free, the same call writes."""
     state = _state(tmp_path)
     other = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
         assert state.apply_at_once([Intent("k")]) is False
+        # the thread's write that follows a refusal waits for the lock as before, not 0 ms
+        assert state.db.execute("PRAGMA busy_timeout").fetchone() == (5000,)
         other.execute("COMMIT")
         assert state.counts()["sending"] == 0
         assert state.apply_at_once([Intent("k")]) is True
