@@ -3,12 +3,14 @@ proxy chosen once from the environment as httpx's trust_env would."""
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
+from snapbatch.errors import UsageError
 from snapbatch.models import Request
 from snapbatch.run.state import Intent, State
 from snapbatch.vod.client import VodClient, environment_proxy
@@ -25,12 +27,15 @@ def _state(tmp_path: Path) -> State:
 
 def test_a_write_that_would_wait_for_another_connection_is_left_undone(tmp_path: Path) -> None:
     """While another connection (the ingest's, say) holds a write transaction, apply_at_once writes nothing and
-    says so at once (False), instead of blocking the event loop; once it is free, the same call writes."""
+    says so at once (False), instead of blocking the event loop, and leaves the writer's busy timeout as it was;
+    once it is free, the same call writes."""
     state = _state(tmp_path)
     other = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
         assert state.apply_at_once([Intent("k")]) is False
+        # the thread's write that follows a refusal waits for the lock as before, not 0 ms
+        assert state.db.execute("PRAGMA busy_timeout").fetchone() == (5000,)
         other.execute("COMMIT")
         assert state.counts()["sending"] == 0
         assert state.apply_at_once([Intent("k")]) is True
@@ -77,6 +82,10 @@ def test_a_write_under_way_in_this_process_is_not_waited_for(tmp_path: Path) -> 
             "http://p:1",
         ),
         ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:8080", None),
+        # a NO_PROXY entry with a port covers that port only, as for httpx (a default port is no port to it)
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:8080"}, "http://127.0.0.1:8080", None),
+        ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:9999"}, "http://127.0.0.1:8080", "http://p:1"),
+        ({"ALL_PROXY": "http://p:1", "NO_PROXY": "::1"}, "http://[::1]:8080", None),
         ({"http_proxy": "http://lower:1"}, "http://127.0.0.1:8080", "http://lower:1"),
         ({}, "https://vod.cn-shanghai.aliyuncs.com", None),
     ],
@@ -85,7 +94,8 @@ def test_the_proxy_is_the_one_the_environment_names(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, proxy: str | None
 ) -> None:
     """HTTPS_PROXY or HTTP_PROXY by the endpoint's scheme, else ALL_PROXY (a bare host:port meaning http://);
-    none when NO_PROXY covers the host (itself or a parent domain, or *); VodClient keeps that choice."""
+    none when NO_PROXY covers the host (itself or a parent domain, or *, with the endpoint's port when the entry
+    names one); VodClient keeps that choice."""
     for name in _PROXY_NAMES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
@@ -93,3 +103,40 @@ def test_the_proxy_is_the_one_the_environment_names(
         monkeypatch.setenv(name, value)
     assert environment_proxy(httpx.URL(url)) == proxy
     assert VodClient(url, Credentials("LTAIexample0000", "secret")).proxy == proxy
+
+
+@pytest.mark.parametrize(
+    ("proxy", "why"),
+    [("socks5://user:hunter2@127.0.0.1:1080", "socksio"), ("ftp://user:hunter2@127.0.0.1:21", "not an http://")],
+)
+def test_a_proxy_httpx_cannot_use_is_a_usage_error_that_hides_its_password(
+    monkeypatch: pytest.MonkeyPatch, proxy: str, why: str
+) -> None:
+    """A proxy the environment names that httpx cannot use (SOCKS without socksio, another scheme) is a
+    UsageError naming the variable and the proxy's host, never its password, instead of httpx's exception."""
+    if why == "socksio" and importlib.util.find_spec("socksio"):
+        pytest.skip("socksio is installed here: httpx can use a SOCKS proxy")
+    for name in _PROXY_NAMES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    with pytest.raises(UsageError) as caught:
+        VodClient("https://vod.cn-shanghai.aliyuncs.com", Credentials("LTAIexample0000", "secret"))
+    message = str(caught.value)
+    assert why in message and "HTTPS_PROXY" in message and "127.0.0.1" in message
+    assert "hunter2" not in message and "user" not in message
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"])
+def test_an_unreadable_ssl_cert_file_is_a_usage_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes | None
+) -> None:
+    """SSL_CERT_FILE naming a missing file or one without certificates is a UsageError that names the variable
+    and the file, instead of an OSError or ssl.SSLError escaping as a traceback with exit 1."""
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    with pytest.raises(UsageError) as caught:
+        VodClient("http://127.0.0.1:9", Credentials("LTAIexample0000", "secret"))
+    assert "SSL_CERT_FILE" in str(caught.value) and str(bundle) in str(caught.value)

@@ -444,3 +444,24 @@ def test_a_quota_url_whose_password_breaks_the_syntax_is_refused_without_showing
     shown = str(refused.value) + describe(url)
     assert "hunt" not in shown and "er2" not in shown
     assert "percent-encode" in str(refused.value)
+
+
+def test_a_reservation_from_before_a_reset_never_confirms_a_new_one(tmp_path: Path) -> None:
+    """The host file starts afresh (torn) between a run's reservation and its confirmation, in processes whose
+    `random` was seeded alike (a library caller's random.seed): the stale reservation is refused, never taken
+    for the new sequence's reservation of the same number, whose later slot it would then claim."""
+    clock = [10.0]
+    path = tmp_path / "k.json"
+    store = HostFileStore(path, clock=lambda: clock[0])
+
+    async def go() -> tuple[Reservation, Reservation, float | None]:
+        random.seed(1)
+        stale = await store.reserve(W, W / 30, 30)
+        path.write_bytes(b"torn")
+        random.seed(1)
+        fresh = await store.reserve(W, W / 30, 30)
+        clock[0] += fresh.delay_s
+        return stale, fresh, await store.confirm(stale)
+
+    stale, fresh, confirmed = anyio.run(go)
+    assert stale.id != fresh.id and confirmed is None

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from snapbatch.emulator import DROP_AFTER, EmulatorConfig, rate_at_server
+from snapbatch.emulator import DROP_AFTER, EmulatorConfig, busiest_window, rate_at_server
 from snapbatch.run.limiter import DEFAULT_MARGIN_S, MAX_MARGIN_S
+from snapbatch.run.quota import HostFileStore
 from snapbatch.run.state import State
 from tests.conftest import ROOT, CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process, running
@@ -26,6 +30,40 @@ def _manifest(tmp_path: Path, n: int, *, qps: int = 30) -> Path:
         f"version: 1\nbatch: t\nqps: {qps}\njobs:\n  - {{name: all, videos: {{file: ids.txt}}, params: {{Count: 1}}}}\n"
     )
     return path
+
+
+@contextmanager
+def watching_the_quota(cache: Path) -> Iterator[dict[int, float]]:
+    """The starts runs record in the host quota files under ``cache`` while the block runs, by reservation id,
+    read every few ms from a thread (a file holds about a second's starts; a read the watcher misses can only
+    hide starts, never invent them, so an assertion on what it saw cannot fail for a correct limiter)."""
+    seen: dict[int, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while True:
+            last = done.is_set()
+            for path in (cache / "snapbatch" / "quota").glob("*"):
+                seen.update(HostFileStore.confirmed_starts(path))
+            if last:
+                return
+            done.wait(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def assert_the_limiter_kept_its_guarantee(starts: dict[int, float], qps: int) -> None:
+    """The limiter's own guarantee, on the start times the run recorded (not on arrivals, which a loaded
+    machine can bunch): never more than qps within any 1 s + the base margin. Unlike the counts at the server
+    (which the emulator's own limit caps), this fails when the limiter admits too many."""
+    assert starts, "the watcher saw no start in the host quota file"
+    assert busiest_window(list(starts.values()), 1.0 + DEFAULT_MARGIN_S - 1e-9) <= qps
 
 
 def test_example_on_the_builtin_emulator(cli: CliRunner, tmp_path: Path) -> None:
@@ -54,7 +92,7 @@ def test_window_at_the_server_and_full_rate(cli: CliRunner, tmp_path: Path, _cac
     resent and widening the margin by its step. (How close to 30/s it gets is measured by bench/quota.py,
     not asserted here; the limiter's guarantee is a property on an injected clock in test_limiter.) Slow by
     nature: 3 s of real pacing."""
-    with process(tmp_path, "--qps", "30", "--latency-ms", "20", "80") as emu:
+    with process(tmp_path, "--qps", "30", "--latency-ms", "20", "80") as emu, watching_the_quota(_cache_home) as starts:
         r = cli("run", str(_manifest(tmp_path, 90)), "--endpoint", emu.url, "--json", env=ENV)
     calls = emu.calls()
     assert r.code == 0, r.err
@@ -63,6 +101,7 @@ def test_window_at_the_server_and_full_rate(cli: CliRunner, tmp_path: Path, _cac
     assert doc["submitted"] == 90 and len(accepted) == 90
     assert sorted(c["params"]["VideoId"] for c in accepted) == [f"video-{i:05d}" for i in range(90)]
     assert rate_at_server(accepted) <= 30
+    assert_the_limiter_kept_its_guarantee(starts, 30)
     assert_throttles_were_resent_and_widened_the_margin(calls, doc, 90, _cache_home)
 
 

@@ -27,7 +27,13 @@ from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from tests.conftest import CliRunner
 from tests.emulated import AK_ID, AK_SECRET, process, running
-from tests.test_run import ENV, _manifest, assert_throttles_were_resent_and_widened_the_margin
+from tests.test_run import (
+    ENV,
+    _manifest,
+    assert_the_limiter_kept_its_guarantee,
+    assert_throttles_were_resent_and_widened_the_margin,
+    watching_the_quota,
+)
 
 
 def _calls_reached(emu: Any, count: int) -> threading.Event:
@@ -311,7 +317,10 @@ def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path, _cache
     jitter beyond the margin, which a starved machine can produce any number of times) was resent and widened
     the margin by its step. The rate achieved is bench/quota.py's to measure. Slow by nature: 4 s of sending
     at 30/s and answers of up to 1.5 s."""
-    with process(tmp_path, "--qps", "30", "--latency-ms", "800", "1500") as emu:
+    with (
+        process(tmp_path, "--qps", "30", "--latency-ms", "800", "1500") as emu,
+        watching_the_quota(_cache_home) as starts,
+    ):
         r = cli("run", str(_manifest(tmp_path, 120)), "--endpoint", emu.url, "--json", env=ENV)
     calls = emu.calls()
     accepted = [c for c in calls if c.get("outcome") == "accepted"]
@@ -320,6 +329,7 @@ def test_slow_answers_still_use_the_quota(cli: CliRunner, tmp_path: Path, _cache
     assert in_flight and int(in_flight.group(1)) >= 30 * 2.5, r.err
     assert sorted(c["params"]["VideoId"] for c in accepted) == [f"video-{i:05d}" for i in range(120)]
     assert rate_at_server(accepted) <= 30
+    assert_the_limiter_kept_its_guarantee(starts, 30)
     assert_throttles_were_resent_and_widened_the_margin(calls, json.loads(r.out), 120, _cache_home)
 
 

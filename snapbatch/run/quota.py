@@ -208,6 +208,20 @@ class HostFileStore:
     async def aclose(self) -> None:
         os.close(self._fd)
 
+    @staticmethod
+    def confirmed_starts(path: Path) -> dict[int, float]:
+        """For tests and benches watching runs from outside: the starts a host file holds, by reservation id
+        (only those confirmed); empty when the file is missing, torn or from before a reboot. Reads without
+        the lock, so a run is never held up by the watcher (a read that overlaps a write is torn: empty)."""
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return {}
+        seq = _Sequence.unpack(raw, _boot().encode()[:_BOOT_BYTES])
+        if seq is None:
+            return {}
+        return {seq.first + i: start for i, start in enumerate(seq.starts) if seq.confirmed[i]}
+
 
 # magic, checksum of what follows it, boot id, last slot (NaN: none), first reservation id, entries, and
 # whether the sequence started afresh and no slot was reserved since (that first slot waits a window)
@@ -232,8 +246,10 @@ class _Sequence:
 
     @classmethod
     def fresh(cls, *, reset: bool) -> _Sequence:
-        # Ids start at random, so a reservation made before the file started afresh never matches a new one.
-        return cls(math.nan, random.randrange(1 << 48), array("d"), array("d"), bytearray(), reset)
+        # Ids start at random, so a reservation made before the file started afresh never matches a new one: from
+        # the OS, since processes whose `random` was seeded alike would otherwise start two sequences at one id.
+        first = int.from_bytes(os.urandom(6), "little")
+        return cls(math.nan, first, array("d"), array("d"), bytearray(), reset)
 
     @classmethod
     def unpack(cls, raw: bytes, boot: bytes) -> _Sequence | None:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import ssl
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from snapbatch import __version__
-from snapbatch.errors import CredentialsError
+from snapbatch.errors import CredentialsError, UsageError
 from snapbatch.models import ACCEPTED, EXPIRED, FAILED, FATAL, IN_DOUBT, THROTTLED, TRANSIENT, WRONG_ENDPOINT, Outcome
 from snapbatch.vod.api import API_VERSION
 from snapbatch.vod.credentials import Credentials
@@ -202,20 +203,41 @@ _CONSTANT_HEADERS = (
 def default_tls() -> ssl.SSLContext:
     """The one trust store for every connection, direct or through a proxy: httpx's default, which is
     SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle (as the official SDKs use)."""
-    return httpx.create_ssl_context(trust_env=True)
+    try:
+        return httpx.create_ssl_context(trust_env=True)
+    except OSError as exc:  # ssl.SSLError too: a file that is missing, unreadable or holds no certificate
+        name = "SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else "SSL_CERT_DIR"
+        raise UsageError(
+            f"cannot load the trusted certificates {name} names ({os.environ.get(name, '')}): "
+            f"{exc.strerror or exc}; point it at a PEM bundle of CA certificates, or unset it to use certifi's"
+        ) from None
 
 
 def environment_proxy(url: httpx.URL) -> str | None:
     """The proxy the environment names for ``url`` (HTTPS_PROXY or HTTP_PROXY by its scheme, else ALL_PROXY;
     none when NO_PROXY covers its host): ``urllib.request.getproxies()``, the table httpx's ``trust_env`` reads
-    too, and the standard library's NO_PROXY rule (a name covers itself and its subdomains; ``*`` covers every host)."""
+    too, and the standard library's NO_PROXY rule (a name covers itself and its subdomains, ``name:port`` only that
+    port; ``*`` covers every host)."""
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     # "*" among other names turns proxies off for httpx (and curl); the standard library honours it only alone
     every = "*" in (name.strip() for name in proxies.get("no", "").split(","))
-    if not proxy or every or urllib.request.proxy_bypass(url.host):
+    # with the port when the URL names one: an entry "host:port" then covers that port only, as for httpx
+    # (to which a default port is no port), and a plain "host" still covers every port
+    where = url.host if url.port is None else f"{url.host}:{url.port}"
+    if not proxy or every or urllib.request.proxy_bypass(where):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _shown(proxy: str | None) -> str:
+    """A proxy URL as it may be shown: scheme, host and port, never a user name or password."""
+    parts = urlsplit(proxy or "")
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":(malformed)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
 
 
 class VodClient:
@@ -255,14 +277,25 @@ class VodClient:
         verify = tls or default_tls()  # one SSL context for every pool, direct or proxied
         pools = math.ceil(max_connections / CONNECTIONS_PER_POOL)
         per_pool = math.ceil(max_connections / pools)
-        self._pools = [
-            httpx.AsyncHTTPTransport(
-                verify=verify,
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                proxy=self.proxy,
+        try:
+            self._pools = [
+                httpx.AsyncHTTPTransport(
+                    verify=verify,
+                    limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                    proxy=self.proxy,
+                )
+                for _ in range(pools)
+            ]
+        except (ImportError, ValueError, httpx.InvalidURL) as exc:  # the proxy the environment names: say which
+            why = (
+                "a SOCKS proxy needs the socksio package (pip install 'httpx[socks]')"
+                if isinstance(exc, ImportError)
+                else "it is not an http://, https:// or socks5:// proxy URL"
             )
-            for _ in range(pools)
-        ]
+            raise UsageError(
+                f"cannot use the proxy the environment names for {url.scheme}:// endpoints ({_shown(self.proxy)}): "
+                f"{why}; correct {url.scheme.upper()}_PROXY or ALL_PROXY, or name {self.host} in NO_PROXY"
+            ) from None
         self._busy = [0] * pools
 
     def _request(self, action: str, params: Mapping[str, str], credentials: Credentials) -> httpx.Request:
