@@ -28,7 +28,7 @@ GLANCE = (
     ("failed_at_submit", "failed at submit", "refused by VOD: no job"),
     ("failed_after_submit", "failed after submit", "the job failed"),
     ("in_doubt", "in doubt", "answer lost: sent again next run"),
-    ("pending", "pending", "not sent yet"),
+    ("pending", "pending", "not sent yet, or in flight"),
 )
 # outcome kinds of attempts (models.OutcomeKind values) in the errors chart: (kinds, label, colour)
 _ERROR_SERIES = (

@@ -343,3 +343,32 @@ def test_errors_without_a_code_are_named_in_words(tmp_path: Path) -> None:
         state.close()
     row = page[page.index('<tr data-code="in_doubt" data-stage="open">') :].split("</tr>")[0]
     assert "<td>no answer</td>" in row and "sends these again" in row and "read timed out" in row
+
+
+def test_requests_in_flight_are_counted_alike_in_every_part_of_the_page(tmp_path: Path) -> None:
+    """While a run holds the state, its in-flight ('sending') requests are pending in the cards, the funnel
+    and the per-job table alike (not in doubt in one and missing from another); once no run is alive they are
+    in doubt in all three."""
+    from snapbatch.models import Request
+
+    state = State(tmp_path / "s.sqlite3", clock=lambda: 2000.0)
+    try:
+        state.ingest(
+            [Request(f"k{i}", "j", None, "VideoId", f"v{i}", {"VideoId": f"v{i}"}) for i in range(5)], "f", "b"
+        )
+        state.lock(1990.0)
+        state.apply([Intent("k0"), Intent("k1")])  # two calls in flight, three not sent
+        running = read_overview(state, "b", 30.0, now=2000.0)
+        state.unlock()
+        dead = read_overview(state, "b", 30.0, now=2000.0)
+    finally:
+        state.close()
+    for view, pending, in_doubt in ((running, 5, 0), (dead, 3, 2)):
+        page = render_html(view)
+        job = view.jobs[0]
+        assert (job.pending, job.in_doubt) == (pending, in_doubt)
+        assert f'data-metric="pending">{pending}<' in page and f'data-metric="in_doubt">{in_doubt}<' in page
+        assert f'data-col="pending" data-label="pending">{pending}<' in page
+        assert f'data-col="in_doubt" data-label="in doubt">{in_doubt}<' in page
+        shown = sum(view.counts[m] for m in ("submitted", "failed_at_submit", "in_doubt", "pending"))
+        assert shown == view.counts["planned"] == 5

@@ -72,8 +72,9 @@ class Timeline:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    """What `report --html` shows. ``counts``: requests of this manifest by status (a dead run's 'sending'
-    counted in doubt), plus 'completed', 'failed_after_submit', 'processing' and 'unknown' of the submitted."""
+    """What `report --html` shows. ``counts``: requests of this manifest by status ('sending' folded into pending
+    while a run is alive, else into in doubt), plus 'completed', 'failed_after_submit', 'processing' and 'unknown'
+    of the submitted."""
 
     batch: str
     generated_at: float
@@ -104,10 +105,11 @@ def read_overview(state: State, batch: str, qps: float | None, now: float | None
     generation = int(state.meta("generation") or 0)
     counts = state.counts()
     holder = state.holder()
-    if holder is None:  # no run is alive: what a dead run left 'sending' is in doubt
-        counts["in_doubt"] += counts["sending"]
-        counts["sending"] = 0
     counts["planned"] = sum(counts[s] for s in RequestStatus)
+    # 'sending' gets no card of its own: a live run's calls in flight are not answered yet (pending), what a
+    # dead run left in flight is in doubt; the per-job table counts them the same way
+    counts["in_doubt" if holder is None else "pending"] += counts["sending"]
+    counts["sending"] = 0
     counts["failed_at_submit"] = counts["failed"]
     done = state.completion_counts()
     counts.update(
@@ -128,7 +130,7 @@ def read_overview(state: State, batch: str, qps: float | None, now: float | None
         batch=batch,
         generated_at=now,
         counts=counts,
-        jobs=_jobs(state, generation),
+        jobs=_jobs(state, generation, running=holder is not None),
         failures=_failures(state, generation),
         other_failures=_other_failures(state, generation),
         timeline=_timeline(state),
@@ -140,13 +142,13 @@ def read_overview(state: State, batch: str, qps: float | None, now: float | None
     )
 
 
-def _jobs(state: State, generation: int) -> list[JobCounts]:
+def _jobs(state: State, generation: int, *, running: bool) -> list[JobCounts]:
     rows = state.query(
         "SELECT job, COUNT(*), SUM(status = 'submitted'), SUM(status = 'submitted' AND completion = 'success'), "
         "SUM(status = 'failed'), SUM(status = 'submitted' AND completion = 'fail'), "
-        "SUM(status IN ('in_doubt', 'sending')), SUM(status = 'pending') "
-        "FROM requests WHERE generation = ? GROUP BY job ORDER BY MIN(seq)",
-        (generation,),
+        "SUM(status = 'in_doubt' OR (status = 'sending' AND NOT ?)), SUM(status = 'pending' OR (status = 'sending' "
+        "AND ?)) FROM requests WHERE generation = ? GROUP BY job ORDER BY MIN(seq)",
+        (running, running, generation),
     )
     return [JobCounts(str(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
 
