@@ -372,3 +372,57 @@ def test_requests_in_flight_are_counted_alike_in_every_part_of_the_page(tmp_path
         assert f'data-col="in_doubt" data-label="in doubt">{in_doubt}<' in page
         shown = sum(view.counts[m] for m in ("submitted", "failed_at_submit", "in_doubt", "pending"))
         assert shown == view.counts["planned"] == 5
+
+
+def test_buckets_wider_than_a_second_sum_their_seconds_and_keep_the_busiest(tmp_path: Path) -> None:
+    """A batch spread over ~50 minutes is drawn in 5 s buckets: each bucket sums the attempts of its seconds
+    (the totals on the page are the attempts made) and the line shows its busiest second, not the sum."""
+    from snapbatch.models import ACCEPTED, THROTTLED, Request
+
+    now = [0.0]
+    state = State(tmp_path / "s.sqlite3", clock=lambda: now[0])
+    try:
+        state.ingest(
+            [Request(f"k{i}", "j", None, "VideoId", f"v{i}", {"VideoId": f"v{i}"}) for i in range(30)], "f", "b"
+        )
+        for i in range(30):  # each request: throttled at +0 s and +1 s, accepted at +2 s, in one 5 s bucket
+            key = f"k{i}"
+            for offset, outcome in ((0, Outcome(THROTTLED)), (1, Outcome(THROTTLED)), (2, Outcome(ACCEPTED, "j"))):
+                now[0] = 100_000.0 + 100 * i + offset
+                state.apply([Intent(key), Settled(key, outcome)])
+        view = read_overview(state, "b", 30.0, now=200_000.0)
+    finally:
+        state.close()
+    timeline = view.timeline
+    assert timeline is not None and timeline.width_s == 5 and timeline.start == 100_000
+    assert sum(timeline.series("throttled")) == 60 and sum(timeline.series("accepted")) == 30
+    assert max(timeline.calls["throttled"]) == 2 and max(timeline.peak["throttled"]) == 1
+    page = render_html(view)
+    assert "30 calls accepted" in page and "throttled: 60" in page and "busiest second" in page
+
+
+def test_codes_beyond_the_first_twelve_are_summed_as_other_codes(tmp_path: Path) -> None:
+    """Fourteen codes at submit: the twelve most common (then by name) get a row with their count, the other
+    two requests are counted in one "other codes" row, so the rows add up to the failed at submit."""
+    from snapbatch.models import Request
+
+    codes = ["Common"] * 5 + [f"Rare.{c}" for c in "ABCDEFGHIJKLM"]
+    state = State(tmp_path / "s.sqlite3")
+    try:
+        keys = [f"k{i}" for i in range(len(codes))]
+        state.ingest([Request(k, "j", None, "VideoId", f"v{k}", {"VideoId": f"v{k}"}) for k in keys], "f", "b")
+        state.apply(
+            [
+                c
+                for k, code in zip(keys, codes, strict=True)
+                for c in (Intent(k), Settled(k, Outcome(FAILED, code=code)))
+            ]
+        )
+        view = read_overview(state, "b", 30.0)
+    finally:
+        state.close()
+    shown = {g.code: g.count for g in view.failures if g.stage == "submit"}
+    assert shown == {"Common": 5} | {f"Rare.{c}": 1 for c in "ABCDEFGHIJK"}
+    assert view.other_failures == {"submit": 2} and sum(shown.values()) + 2 == view.counts["failed_at_submit"]
+    page = render_html(view)
+    assert page.count('data-stage="submit"') == 12 and "<td>other codes</td><td class=n>2</td>" in page
