@@ -174,6 +174,12 @@ def _glance(view: Overview) -> str:
             f"Of the submitted: {_num(c.get('processing', 0))} processing, {_num(c.get('unknown', 0))} with "
             "nothing heard yet (`snapbatch poll` asks VOD about them)."
         )
+    for job, listed, total in view.unlisted:
+        of = f" of about {_num(total)}" if total is not None else ""
+        extra.append(
+            f"Search job {job} is not listed yet ({_num(listed)} videos listed so far{of}): none of its requests "
+            "is counted here; the next `snapbatch run` continues its listing."
+        )
     if c.get("not_in_manifest"):
         extra.append(f"{_num(c['not_in_manifest'])} recorded requests are no longer in the manifest (not counted).")
     note = f"<p class=note>{' '.join(_prose(x) for x in extra)}</p>" if extra else ""

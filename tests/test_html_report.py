@@ -426,3 +426,28 @@ def test_codes_beyond_the_first_twelve_are_summed_as_other_codes(tmp_path: Path)
     assert view.other_failures == {"submit": 2} and sum(shown.values()) + 2 == view.counts["failed_at_submit"]
     page = render_html(view)
     assert page.count('data-stage="submit"') == 12 and "<td>other codes</td><td class=n>2</td>" in page
+
+
+def test_search_jobs_not_listed_yet_are_named_instead_of_silently_left_out(tmp_path: Path) -> None:
+    """A search job whose listing was cut short (a stopped slice), or not begun, has no requests yet: the page
+    says so, with what was listed, rather than a batch that looks done without it; a finished list says
+    nothing."""
+    from snapbatch.models import Request
+
+    path = tmp_path / "s.sqlite3"
+    State(path).close()
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO listings (job, match, sort_by, listed, total, started_at, finished_at) VALUES (?, ?, ?, ?, ?, "
+            "1.0, ?)",
+            [("cut", "Status = 'Normal'", "CreationTime:Asc", 1500, 20000, None), ("done", "x", "y", 3, 3, 2.0)],
+        )
+    state = State(path)
+    try:
+        state.ingest([Request("k0", "files", None, "VideoId", "v0", {"VideoId": "v0"})], "f", "b")
+        page = render_html(read_overview(state, "b", 30.0, search_jobs=["cut", "done", "later"]))
+    finally:
+        state.close()
+    assert "Search job cut is not listed yet (1,500 videos listed so far of about 20,000)" in page
+    assert "Search job later is not listed yet (0 videos listed so far)" in page
+    assert "Search job done" not in page

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from snapbatch.models import RequestStatus
@@ -88,6 +89,8 @@ class Overview:
     rate_per_s: float
     eta_s: float | None
     last_completed_at: float | None
+    # search jobs whose list is not taken yet, so none of their requests is counted: (job, listed, total)
+    unlisted: list[tuple[str, int, int | None]] = field(default_factory=list)
 
 
 def bucket_width(span_s: int, max_buckets: int = MAX_BUCKETS) -> int:
@@ -99,8 +102,11 @@ def bucket_width(span_s: int, max_buckets: int = MAX_BUCKETS) -> int:
     return math.ceil(need / 86400) * 86400
 
 
-def read_overview(state: State, batch: str, qps: float | None, now: float | None = None) -> Overview:
-    """Everything the HTML report shows, from ``state`` (the manifest's current generation of requests)."""
+def read_overview(
+    state: State, batch: str, qps: float | None, now: float | None = None, search_jobs: Collection[str] = ()
+) -> Overview:
+    """Everything the HTML report shows, from ``state`` (the manifest's current generation of requests);
+    ``search_jobs``: the manifest's jobs whose videos come from SearchMedia."""
     now = time.time() if now is None else now
     generation = int(state.meta("generation") or 0)
     counts = state.counts()
@@ -139,7 +145,21 @@ def read_overview(state: State, batch: str, qps: float | None, now: float | None
         rate_per_s=rate,
         eta_s=eta,
         last_completed_at=done["last_completed_at"],
+        unlisted=_unlisted(state, search_jobs),
     )
+
+
+def _unlisted(state: State, search_jobs: Collection[str]) -> list[tuple[str, int, int | None]]:
+    """The search jobs whose listing is cut short or not begun: nothing of theirs is in the requests yet."""
+    if not search_jobs:
+        return []
+    found = {str(r[0]): r[1:] for r in state.query("SELECT job, listed, total, finished_at FROM listings")}
+    out = []
+    for job in search_jobs:
+        listed, total, finished = found.get(job, (0, None, None))
+        if finished is None:
+            out.append((job, int(listed), None if total is None else int(total)))
+    return out
 
 
 def _jobs(state: State, generation: int, *, running: bool) -> list[JobCounts]:
