@@ -28,7 +28,7 @@ GLANCE = (
     ("failed_at_submit", "failed at submit", "refused by VOD: no job"),
     ("failed_after_submit", "failed after submit", "the job failed"),
     ("in_doubt", "in doubt", "answer lost: sent again next run"),
-    ("pending", "pending", "not sent yet"),
+    ("pending", "pending", "not sent yet, or in flight"),
 )
 # outcome kinds of attempts (models.OutcomeKind values) in the errors chart: (kinds, label, colour)
 _ERROR_SERIES = (
@@ -173,6 +173,12 @@ def _glance(view: Overview) -> str:
         extra.append(
             f"Of the submitted: {_num(c.get('processing', 0))} processing, {_num(c.get('unknown', 0))} with "
             "nothing heard yet (`snapbatch poll` asks VOD about them)."
+        )
+    for job, listed, total in view.unlisted:
+        of = f" of about {_num(total)}" if total is not None else ""
+        extra.append(
+            f"Search job {job} is not listed yet ({_num(listed)} videos listed so far{of}): none of its requests "
+            "is counted here; the next `snapbatch run` continues its listing."
         )
     if c.get("not_in_manifest"):
         extra.append(f"{_num(c['not_in_manifest'])} recorded requests are no longer in the manifest (not counted).")

@@ -343,3 +343,111 @@ def test_errors_without_a_code_are_named_in_words(tmp_path: Path) -> None:
         state.close()
     row = page[page.index('<tr data-code="in_doubt" data-stage="open">') :].split("</tr>")[0]
     assert "<td>no answer</td>" in row and "sends these again" in row and "read timed out" in row
+
+
+def test_requests_in_flight_are_counted_alike_in_every_part_of_the_page(tmp_path: Path) -> None:
+    """While a run holds the state, its in-flight ('sending') requests are pending in the cards, the funnel
+    and the per-job table alike (not in doubt in one and missing from another); once no run is alive they are
+    in doubt in all three."""
+    from snapbatch.models import Request
+
+    state = State(tmp_path / "s.sqlite3", clock=lambda: 2000.0)
+    try:
+        state.ingest(
+            [Request(f"k{i}", "j", None, "VideoId", f"v{i}", {"VideoId": f"v{i}"}) for i in range(5)], "f", "b"
+        )
+        state.lock(1990.0)
+        state.apply([Intent("k0"), Intent("k1")])  # two calls in flight, three not sent
+        running = read_overview(state, "b", 30.0, now=2000.0)
+        state.unlock()
+        dead = read_overview(state, "b", 30.0, now=2000.0)
+    finally:
+        state.close()
+    for view, pending, in_doubt in ((running, 5, 0), (dead, 3, 2)):
+        page = render_html(view)
+        job = view.jobs[0]
+        assert (job.pending, job.in_doubt) == (pending, in_doubt)
+        assert f'data-metric="pending">{pending}<' in page and f'data-metric="in_doubt">{in_doubt}<' in page
+        assert f'data-col="pending" data-label="pending">{pending}<' in page
+        assert f'data-col="in_doubt" data-label="in doubt">{in_doubt}<' in page
+        shown = sum(view.counts[m] for m in ("submitted", "failed_at_submit", "in_doubt", "pending"))
+        assert shown == view.counts["planned"] == 5
+
+
+def test_buckets_wider_than_a_second_sum_their_seconds_and_keep_the_busiest(tmp_path: Path) -> None:
+    """A batch spread over ~50 minutes is drawn in 5 s buckets: each bucket sums the attempts of its seconds
+    (the totals on the page are the attempts made) and the line shows its busiest second, not the sum."""
+    from snapbatch.models import ACCEPTED, THROTTLED, Request
+
+    now = [0.0]
+    state = State(tmp_path / "s.sqlite3", clock=lambda: now[0])
+    try:
+        state.ingest(
+            [Request(f"k{i}", "j", None, "VideoId", f"v{i}", {"VideoId": f"v{i}"}) for i in range(30)], "f", "b"
+        )
+        for i in range(30):  # each request: throttled at +0 s and +1 s, accepted at +2 s, in one 5 s bucket
+            key = f"k{i}"
+            for offset, outcome in ((0, Outcome(THROTTLED)), (1, Outcome(THROTTLED)), (2, Outcome(ACCEPTED, "j"))):
+                now[0] = 100_000.0 + 100 * i + offset
+                state.apply([Intent(key), Settled(key, outcome)])
+        view = read_overview(state, "b", 30.0, now=200_000.0)
+    finally:
+        state.close()
+    timeline = view.timeline
+    assert timeline is not None and timeline.width_s == 5 and timeline.start == 100_000
+    assert sum(timeline.series("throttled")) == 60 and sum(timeline.series("accepted")) == 30
+    assert max(timeline.calls["throttled"]) == 2 and max(timeline.peak["throttled"]) == 1
+    page = render_html(view)
+    assert "30 calls accepted" in page and "throttled: 60" in page and "busiest second" in page
+
+
+def test_codes_beyond_the_first_twelve_are_summed_as_other_codes(tmp_path: Path) -> None:
+    """Fourteen codes at submit: the twelve most common (then by name) get a row with their count, the other
+    two requests are counted in one "other codes" row, so the rows add up to the failed at submit."""
+    from snapbatch.models import Request
+
+    codes = ["Common"] * 5 + [f"Rare.{c}" for c in "ABCDEFGHIJKLM"]
+    state = State(tmp_path / "s.sqlite3")
+    try:
+        keys = [f"k{i}" for i in range(len(codes))]
+        state.ingest([Request(k, "j", None, "VideoId", f"v{k}", {"VideoId": f"v{k}"}) for k in keys], "f", "b")
+        state.apply(
+            [
+                c
+                for k, code in zip(keys, codes, strict=True)
+                for c in (Intent(k), Settled(k, Outcome(FAILED, code=code)))
+            ]
+        )
+        view = read_overview(state, "b", 30.0)
+    finally:
+        state.close()
+    shown = {g.code: g.count for g in view.failures if g.stage == "submit"}
+    assert shown == {"Common": 5} | {f"Rare.{c}": 1 for c in "ABCDEFGHIJK"}
+    assert view.other_failures == {"submit": 2} and sum(shown.values()) + 2 == view.counts["failed_at_submit"]
+    page = render_html(view)
+    assert page.count('data-stage="submit"') == 12 and "<td>other codes</td><td class=n>2</td>" in page
+
+
+def test_search_jobs_not_listed_yet_are_named_instead_of_silently_left_out(tmp_path: Path) -> None:
+    """A search job whose listing was cut short (a stopped slice), or not begun, has no requests yet: the page
+    says so, with what was listed, rather than a batch that looks done without it; a finished list says
+    nothing."""
+    from snapbatch.models import Request
+
+    path = tmp_path / "s.sqlite3"
+    State(path).close()
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO listings (job, match, sort_by, listed, total, started_at, finished_at) VALUES (?, ?, ?, ?, ?, "
+            "1.0, ?)",
+            [("cut", "Status = 'Normal'", "CreationTime:Asc", 1500, 20000, None), ("done", "x", "y", 3, 3, 2.0)],
+        )
+    state = State(path)
+    try:
+        state.ingest([Request("k0", "files", None, "VideoId", "v0", {"VideoId": "v0"})], "f", "b")
+        page = render_html(read_overview(state, "b", 30.0, search_jobs=["cut", "done", "later"]))
+    finally:
+        state.close()
+    assert "Search job cut is not listed yet (1,500 videos listed so far of about 20,000)" in page
+    assert "Search job later is not listed yet (0 videos listed so far)" in page
+    assert "Search job done" not in page

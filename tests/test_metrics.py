@@ -487,6 +487,22 @@ def test_readme_alert_rules_use_metrics_a_real_run_and_poll_write(cli: CliRunner
     assert documented == families, documented ^ families
 
 
+def test_a_max_duration_slice_counts_as_finished(cli: CliRunner, tmp_path: Path) -> None:
+    """A nightly `--max-duration` slice that stops with work left (exit 5, reason max-duration) did what cron
+    asked: its end is the finish time the "did not finish" alert reads."""
+    path = _manifest(tmp_path, 10)
+    prom = tmp_path / "run.prom"
+    with running(EmulatorConfig(qps=1000)) as emu:  # 10 calls at 1/s cannot all start within a microsecond
+        r = cli(
+            "run", str(path), "--endpoint", emu.url, "--qps", "1", "--max-duration", "0.000001",
+            "--metrics-file", str(prom), env=ENV,
+        )  # fmt: skip
+    assert r.code == 5, r.err
+    m = _metrics(prom)
+    assert (_get(m, "snapbatch_exit_code"), _get(m, "snapbatch_exit_reason", reason="max-duration")) == (5, 1)
+    assert _get(m, "snapbatch_finished_timestamp_seconds") == _get(m, "snapbatch_end_timestamp_seconds")
+
+
 @pytest.mark.parametrize("command", ["run", "poll"])
 def test_a_manifest_error_still_writes_the_exit(cli: CliRunner, tmp_path: Path, command: str) -> None:
     """An invalid manifest: exit 2 for run and poll, and the file says so (reason usage), labelled with the

@@ -430,7 +430,8 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     try:
         absorb_events(args, manifest, state)
         if getattr(args, "html", None) is not None:
-            view = read_overview(state, manifest.batch, manifest.qps)
+            searched = [job.name for job in search_jobs(manifest)]
+            view = read_overview(state, manifest.batch, manifest.qps, search_jobs=searched)
             _write_atomically(Path(args.html), render_html(view))
             out.log(html_written_line(args.html, view.counts["planned"]))
             return EXIT["ok"]

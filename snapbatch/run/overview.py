@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from snapbatch.models import RequestStatus
@@ -72,8 +73,9 @@ class Timeline:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    """What `report --html` shows. ``counts``: requests of this manifest by status (a dead run's 'sending'
-    counted in doubt), plus 'completed', 'failed_after_submit', 'processing' and 'unknown' of the submitted."""
+    """What `report --html` shows. ``counts``: requests of this manifest by status ('sending' folded into pending
+    while a run is alive, else into in doubt), plus 'completed', 'failed_after_submit', 'processing' and 'unknown'
+    of the submitted."""
 
     batch: str
     generated_at: float
@@ -87,6 +89,8 @@ class Overview:
     rate_per_s: float
     eta_s: float | None
     last_completed_at: float | None
+    # search jobs whose list is not taken yet, so none of their requests is counted: (job, listed, total)
+    unlisted: list[tuple[str, int, int | None]] = field(default_factory=list)
 
 
 def bucket_width(span_s: int, max_buckets: int = MAX_BUCKETS) -> int:
@@ -98,16 +102,20 @@ def bucket_width(span_s: int, max_buckets: int = MAX_BUCKETS) -> int:
     return math.ceil(need / 86400) * 86400
 
 
-def read_overview(state: State, batch: str, qps: float | None, now: float | None = None) -> Overview:
-    """Everything the HTML report shows, from ``state`` (the manifest's current generation of requests)."""
+def read_overview(
+    state: State, batch: str, qps: float | None, now: float | None = None, search_jobs: Collection[str] = ()
+) -> Overview:
+    """Everything the HTML report shows, from ``state`` (the manifest's current generation of requests);
+    ``search_jobs``: the manifest's jobs whose videos come from SearchMedia."""
     now = time.time() if now is None else now
     generation = int(state.meta("generation") or 0)
     counts = state.counts()
     holder = state.holder()
-    if holder is None:  # no run is alive: what a dead run left 'sending' is in doubt
-        counts["in_doubt"] += counts["sending"]
-        counts["sending"] = 0
     counts["planned"] = sum(counts[s] for s in RequestStatus)
+    # 'sending' gets no card of its own: a live run's calls in flight are not answered yet (pending), what a
+    # dead run left in flight is in doubt; the per-job table counts them the same way
+    counts["in_doubt" if holder is None else "pending"] += counts["sending"]
+    counts["sending"] = 0
     counts["failed_at_submit"] = counts["failed"]
     done = state.completion_counts()
     counts.update(
@@ -128,7 +136,7 @@ def read_overview(state: State, batch: str, qps: float | None, now: float | None
         batch=batch,
         generated_at=now,
         counts=counts,
-        jobs=_jobs(state, generation),
+        jobs=_jobs(state, generation, running=holder is not None),
         failures=_failures(state, generation),
         other_failures=_other_failures(state, generation),
         timeline=_timeline(state),
@@ -137,16 +145,30 @@ def read_overview(state: State, batch: str, qps: float | None, now: float | None
         rate_per_s=rate,
         eta_s=eta,
         last_completed_at=done["last_completed_at"],
+        unlisted=_unlisted(state, search_jobs),
     )
 
 
-def _jobs(state: State, generation: int) -> list[JobCounts]:
+def _unlisted(state: State, search_jobs: Collection[str]) -> list[tuple[str, int, int | None]]:
+    """The search jobs whose listing is cut short or not begun: nothing of theirs is in the requests yet."""
+    if not search_jobs:
+        return []
+    found = {str(r[0]): r[1:] for r in state.query("SELECT job, listed, total, finished_at FROM listings")}
+    out = []
+    for job in search_jobs:
+        listed, total, finished = found.get(job, (0, None, None))
+        if finished is None:
+            out.append((job, int(listed), None if total is None else int(total)))
+    return out
+
+
+def _jobs(state: State, generation: int, *, running: bool) -> list[JobCounts]:
     rows = state.query(
         "SELECT job, COUNT(*), SUM(status = 'submitted'), SUM(status = 'submitted' AND completion = 'success'), "
         "SUM(status = 'failed'), SUM(status = 'submitted' AND completion = 'fail'), "
-        "SUM(status IN ('in_doubt', 'sending')), SUM(status = 'pending') "
-        "FROM requests WHERE generation = ? GROUP BY job ORDER BY MIN(seq)",
-        (generation,),
+        "SUM(status = 'in_doubt' OR (status = 'sending' AND NOT ?)), SUM(status = 'pending' OR (status = 'sending' "
+        "AND ?)) FROM requests WHERE generation = ? GROUP BY job ORDER BY MIN(seq)",
+        (running, running, generation),
     )
     return [JobCounts(str(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
 
