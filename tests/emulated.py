@@ -5,6 +5,7 @@ ignores form bodies, so a client that put them anywhere else would fail here."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,3 +44,15 @@ def process(tmp: Path, *args: str, query_only: bool = True) -> Iterator[Emulator
         *args,
     ) as served:
         yield served
+
+
+def raw_exchange(port: int, data: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send ``data`` as it is on a fresh loopback connection to ``port``, close the sending side, and return
+    every byte the server answers until it closes: how a test speaks malformed or pipelined HTTP."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

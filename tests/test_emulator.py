@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from snapbatch.models import ACCEPTED, FAILED, THROTTLED, OutcomeKind
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from tests.conftest import CliRunner
-from tests.emulated import AK_ID, AK_SECRET, running
+from tests.emulated import AK_ID, AK_SECRET, raw_exchange, running
 from tests.test_run import ENV
 
 
@@ -83,30 +82,21 @@ def test_known_videos_and_reference_ids(tmp_path: Path) -> None:
     ]
 
 
-def _raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_malformed_http_answered_and_server_keeps_serving() -> None:
     """Garbage, a huge head, no Host, a bad or too big Content-Length, chunked bodies: 4xx or a closed
     connection; the next well-formed call still succeeds."""
     with running() as emu:
-        assert _raw(emu.port, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
-        assert _raw(emu.port, b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
-        assert _raw(emu.port, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")  # HTTP/1.1 needs a Host
-        assert _raw(emu.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert raw_exchange(emu.port, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert raw_exchange(emu.port, b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+        assert raw_exchange(emu.port, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")  # HTTP/1.1 needs a Host
+        negative = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+        assert raw_exchange(emu.port, negative).startswith(b"HTTP/1.1 400")
         too_big = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
-        assert _raw(emu.port, too_big).startswith(b"HTTP/1.1 400")
+        assert raw_exchange(emu.port, too_big).startswith(b"HTTP/1.1 400")
         chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        assert _raw(emu.port, chunked).startswith(b"HTTP/1.1 411")
-        assert _raw(emu.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort") == b""
-        unsigned = _raw(emu.port, b"POST /?Action=SubmitSnapshotJob HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw_exchange(emu.port, chunked).startswith(b"HTTP/1.1 411")
+        assert raw_exchange(emu.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort") == b""
+        unsigned = raw_exchange(emu.port, b"POST /?Action=SubmitSnapshotJob HTTP/1.1\r\nHost: x\r\n\r\n")
         assert unsigned.startswith(b"HTTP/1.1 400") and b'"Code":"MissingParameter"' in unsigned
 
         async def go() -> str:

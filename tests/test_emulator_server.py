@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import re
-import socket
 
 from snapbatch.emulator import Emulator, EmulatorConfig
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
-from tests.emulated import AK_ID, AK_SECRET, running
+from tests.emulated import AK_ID, AK_SECRET, raw_exchange, running
 
 REQUEST_ID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}")
 
@@ -52,16 +51,6 @@ def test_the_call_list_keeps_only_the_most_recent_calls() -> None:
     assert len(log.getvalue().splitlines()) == 100
 
 
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_pipelined_requests_are_answered_in_order_even_when_held_back() -> None:
     """Three signed calls sent at once on one connection, each held back by jitter and latency: three
     answers, in the order sent, each naming the call the emulator logged for it."""
@@ -73,7 +62,7 @@ def test_pipelined_requests_are_answered_in_order_even_when_held_back() -> None:
             request = client.signed_request("SubmitSnapshotJob", {"VideoId": f"v-{n}", "Count": "1"})
             head = f"POST {request.url.raw_path.decode()} HTTP/1.1\r\n".encode()
             sent += head + b"".join(k + b": " + v + b"\r\n" for k, v in request.headers.raw) + b"\r\n"
-        answer = _exchange(emu.port, sent)
+        answer = raw_exchange(emu.port, sent)
         logged = [(c["request_id"], c["params"]["VideoId"]) for c in emu.emulator.calls]
     assert answer.count(b"HTTP/1.1 200 ") == 3
     ids = re.findall(rb"x-acs-request-id: (\S+)\r\n", answer)
