@@ -273,7 +273,9 @@ class MetricsFile:
         self.path, self.command, self.log, self.clock, self.monotonic = path, command, log, clock, monotonic
         self.started_at = clock()
         self._finished, previous_batch = _previous(path)
-        self.batch = previous_batch or ""  # until the manifest names it (a manifest that cannot be read never does)
+        # until the manifest names it (a manifest that cannot be read never does): the file's earlier batch, else
+        # the file's own name, unique in the collector's directory, so two such files never write one series
+        self.batch = previous_batch or path.stem
         self.state_path: Path | None = None
         self.limit_per_s: float | None = None
         self.stop_reason: str | None = None  # for exit 5: what stopped the command (a StopReason's value, say)

@@ -518,6 +518,20 @@ def test_a_manifest_error_still_writes_the_exit(cli: CliRunner, tmp_path: Path, 
     assert _labels(prom, "batch") == {"t"} and _get(m, "snapbatch_finished_timestamp_seconds") == 2.0
 
 
+@pytest.mark.parametrize("command", ["run", "poll"])
+def test_a_manifest_error_with_no_earlier_file_is_labelled_by_the_file_name(
+    cli: CliRunner, tmp_path: Path, command: str
+) -> None:
+    """An invalid manifest and no earlier metrics file: the batch label is the file's name without .prom, never
+    empty, so two batches failing that way in one collector directory never write the same series."""
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nbatch: t\njobs: nope\n")
+    for name in ("nightly-a", "nightly-b"):
+        r = cli(command, str(path), "--metrics-file", str(tmp_path / f"{name}.prom"), env=ENV)
+        assert r.code == 2, r.err
+        assert _labels(tmp_path / f"{name}.prom", "batch") == {name}
+
+
 PROMTOOL_TESTS = """\
 rule_files: [rules.yml]
 evaluation_interval: 1m
