@@ -28,6 +28,7 @@ class RedisServer:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
+        """Start it on ``port`` (again after ``kill``: the same port, as a restarted server)."""
         self.proc = proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             cwd=self.workdir,
@@ -53,7 +54,15 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
     server = RedisServer(workdir)
-    server.start()
+    for _ in range(3):  # the free port may be taken by another test worker before redis-server binds it
+        try:
+            server.start()
+            break
+        except AssertionError:
+            server.port = _free_port()
+            server.url = f"redis://127.0.0.1:{server.port}/0"
+    else:
+        server.start()  # a fourth failure is not a race: let it say so
     try:
         yield server
     finally:
