@@ -13,6 +13,8 @@ from pathlib import Path
 
 from snapbatch.emulator import Emulator, EmulatorConfig, EmulatorProcess, RunningEmulator, emulator_process
 from snapbatch.emulator import running_emulator as _running_emulator
+from snapbatch.vod.credentials import Credentials
+from snapbatch.vod.providers import RenewingCredentials
 
 AK_ID, AK_SECRET = "LTAI5tEmulatorTestKey", "emulator-test-secret-DO-NOT-LEAK-7f3a"
 
@@ -56,3 +58,21 @@ def raw_exchange(port: int, data: bytes, timeout_s: float = 10.0) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def renewing_at_two_thirds() -> tuple[RenewingCredentials, list[str]]:
+    """STS-like credentials (keys STS.1, STS.2, ...; secret-KEY, token-KEY) with a 30 s life, primed, on a clock
+    that stands two thirds into that life (past the renewal point, far from expiry) and never moves, so a
+    background renewal happens exactly once and no call ever finds them expired. Also the list of keys fetched."""
+    clock = [1000.0]
+    fetches: list[str] = []
+
+    def fetch() -> tuple[Credentials, float]:
+        key = f"STS.{len(fetches) + 1}"
+        fetches.append(key)
+        return Credentials(key, f"secret-{key}", f"token-{key}", "test source"), 1000.0 + 30.0
+
+    provider = RenewingCredentials(fetch, "test source", wall=lambda: clock[0])
+    provider.prime()
+    clock[0] = 1000.0 + 21.0
+    return provider, fetches

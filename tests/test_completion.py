@@ -24,10 +24,9 @@ from snapbatch.run.limiter import Limiter, RateWindow
 from snapbatch.run.state import Intent, Settled, State
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
-from snapbatch.vod.providers import RenewingCredentials
 from tests.completion_rig import AUTH_KEY, ENV, manifest, rig
 from tests.conftest import CliRunner
-from tests.emulated import AK_ID, AK_SECRET
+from tests.emulated import AK_ID, AK_SECRET, renewing_at_two_thirds
 
 FAST = ("--qps", "2000")  # the emulators here allow 1000 calls/s
 
@@ -448,17 +447,7 @@ def test_poll_renews_credentials_ahead_of_expiry_in_the_background(
     (by an injected clock that then stands still, so no call finds them expired), its background task
     exchanges them once and later GetJobDetail calls are signed with the new key. Slow by nature: 60 GetJobDetail
     calls at 30/s, time for the background renewal to land among them."""
-    clock = [1000.0]
-    fetches: list[str] = []
-
-    def fetch() -> tuple[Credentials, float]:
-        key = f"STS.{len(fetches) + 1}"
-        fetches.append(key)
-        return Credentials(key, f"secret-{key}", f"token-{key}", "test source"), 1000.0 + 30.0
-
-    provider = RenewingCredentials(fetch, "test source", wall=lambda: clock[0])
-    provider.prime()
-    clock[0] = 1000.0 + 21.0  # past two thirds of the life, far from the expiry
+    provider, fetches = renewing_at_two_thirds()
     path = manifest(tmp_path, 60)
     with rig(tmp_path, EmulatorConfig(qps=1000, job_seconds=600, callback_drop_rate=1.0)) as r:
         assert cli("run", str(path), "--endpoint", r.url, *FAST, env=ENV).code == 0

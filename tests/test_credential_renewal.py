@@ -22,7 +22,7 @@ from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.providers import RenewingCredentials, describe
 from tests.conftest import CliRunner
-from tests.emulated import AK_ID, AK_SECRET, running
+from tests.emulated import AK_ID, AK_SECRET, renewing_at_two_thirds, running
 from tests.sts import cli_config, ram_role_profile, stand_in
 from tests.test_run import _manifest
 from tests.test_run_resilience import _state_for
@@ -282,17 +282,7 @@ def test_a_run_renews_ahead_of_expiry_in_the_background(
     injected clock that then stands still, so no call ever finds them expired and no answer says so), the
     run's background task exchanges them once and the calls after it are signed with the new key. Slow by nature:
     60 calls at the real 30/s, so that the background renewal lands among them."""
-    clock = [1000.0]
-    fetches: list[str] = []
-
-    def fetch() -> tuple[Credentials, float]:
-        key = f"STS.{len(fetches) + 1}"
-        fetches.append(key)
-        return Credentials(key, f"secret-{key}", f"token-{key}", "test source"), 1000.0 + 30.0
-
-    provider = RenewingCredentials(fetch, "test source", wall=lambda: clock[0])
-    provider.prime()
-    clock[0] = 1000.0 + 21.0  # past two thirds of the life, far from the expiry
+    provider, fetches = renewing_at_two_thirds()
     monkeypatch.setattr("snapbatch.cli.run.find_provider", lambda env, home, profile, log: provider)
     keys: dict[str, tuple[str, str | None]] = {key: (f"secret-{key}", f"token-{key}") for key in ("STS.1", "STS.2")}
     with running(EmulatorConfig(credentials=keys)) as emu:
