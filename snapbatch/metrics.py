@@ -24,6 +24,7 @@ from pathlib import Path
 
 from snapbatch.completion.poller import PollResult
 from snapbatch.errors import SnapbatchError, UsageError
+from snapbatch.files import write_atomically
 from snapbatch.models import Outcome, OutcomeKind, RequestStatus
 from snapbatch.run.session import Progress
 from snapbatch.run.state import State
@@ -36,7 +37,6 @@ __all__ = [
     "Snapshot",
     "check_path",
     "render",
-    "write_atomically",
 ]
 
 SUFFIX = ".prom"  # the only files node_exporter's textfile collector reads
@@ -213,30 +213,6 @@ def check_path(path: Path) -> None:
         ) from None
     os.close(fd)
     os.unlink(probe)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once: a temporary file beside it (not named *.prom), synced, mode 0644
-    (node_exporter often runs as another user), then renamed over it. Raises OSError."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fchmod(file.fileno(), 0o644)
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    # the rename is durable only once the directory is; a directory that cannot be synced still has the file
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _previous(path: Path) -> tuple[dict[tuple[str, str], float], str | None]:

@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from snapbatch.cli.main import main
 from snapbatch.emulator import DROP_AFTER, EmulatorConfig
+from snapbatch.files import write_atomically
 from snapbatch.manifest.load import load_manifest
-from snapbatch.metrics import EVERY_S, MetricsFile, Snapshot, render, write_atomically
+from snapbatch.metrics import EVERY_S, MetricsFile, Snapshot, render
 from snapbatch.models import RequestStatus
 from snapbatch.run.runner import RunOptions
 from snapbatch.run.session import Progress, RunEvents, Tally, run_manifest

@@ -4,11 +4,9 @@ events and summaries (in report.py's words), and its exit code."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
-import os
 import secrets
 import tempfile
 import time
@@ -24,6 +22,7 @@ from snapbatch.completion.events import EventStore, absorb, default_events_path
 from snapbatch.emulator import Emulator, EmulatorConfig, running_emulator
 from snapbatch.emulator.catalogue import Catalogue, load_catalogue
 from snapbatch.errors import SnapbatchError, StateError, UsageError
+from snapbatch.files import write_atomically
 from snapbatch.htmlreport import render_html
 from snapbatch.manifest.expand import Listings, expand, fingerprint, search_jobs
 from snapbatch.manifest.load import load_manifest
@@ -432,7 +431,7 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
         if getattr(args, "html", None) is not None:
             searched = [job.name for job in search_jobs(manifest)]
             view = read_overview(state, manifest.batch, manifest.qps, search_jobs=searched)
-            _write_atomically(Path(args.html), render_html(view))
+            _write_page(Path(args.html), render_html(view))
             out.log(html_written_line(args.html, view.counts["planned"]))
             return EXIT["ok"]
         # no run alive: a dead run's 'sending' rows are in doubt, and listed so at once
@@ -454,18 +453,11 @@ def report_command(args: argparse.Namespace, env: Mapping[str, str], out: Out) -
     return EXIT["ok"]
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_page(path: Path, text: str) -> None:
     """``path`` holds the old page or the new one, never half of one (a mail job may pick it up any time)."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomically(path, text)
     except OSError as exc:
-        raise UsageError(f"cannot write --html {path}: {exc.strerror or exc}; check the directory") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)  # a page to share, not a secret: mkstemp makes it private
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise UsageError(f"cannot write --html {path}: {exc.strerror or exc}; check free disk space") from None
+        raise UsageError(
+            f"cannot write --html {path}: {exc.strerror or exc}; check the directory and free disk space"
+        ) from None

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from snapbatch.files import write_atomically
 from snapbatch.run.limiter import MAX_MARGIN_S
 
 __all__ = ["MarginStore", "cache_dir", "key_digest"]
@@ -53,9 +53,7 @@ class MarginStore:
         """Keep ``margin_s`` for the next run (atomically: a concurrent reader sees the old or the new)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"margin_s": round(margin_s, 6), "saved_at": time.time()}))
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps({"margin_s": round(margin_s, 6), "saved_at": time.time()}))
         except OSError:
             return False
         return True
