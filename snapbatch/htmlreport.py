@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from snapbatch import __version__
 from snapbatch.report import duration
 from snapbatch.run.overview import FailureGroup, Overview, Timeline
-from snapbatch.vod.client import _FATAL_HINTS
+from snapbatch.vod.client import fatal_hint
 
 __all__ = ["GLANCE", "advice", "render_html"]
 
@@ -87,9 +87,8 @@ def advice(stage: str, code: str) -> str:
     for prefix, hint in _HINTS.items():
         if code.startswith(prefix):
             return hint
-    for prefix, hint in _FATAL_HINTS.items():
-        if code.startswith(prefix):
-            return f"The account or the credentials are wrong: {hint}. The run stops at the first one; run again."
+    if (fatal := fatal_hint(code)) is not None:
+        return f"The account or the credentials are wrong: {fatal}. The run stops at the first one; run again."
     if stage == "job":
         return (
             "The job was accepted and failed later (the message says why: a missing source, a video in a bad "

@@ -33,6 +33,7 @@ __all__ = [
     "classify",
     "default_tls",
     "environment_proxy",
+    "fatal_hint",
     "parse_body",
     "query_string",
 ]
@@ -68,6 +69,11 @@ _FATAL_HINTS = {
     "OperationDenied": "the account cannot use VOD (suspended or overdue?)",
     "InvalidTimeStamp": "this machine's clock is more than 15 minutes off; fix the time",
 }
+
+
+def fatal_hint(code: str) -> str | None:
+    """What to do about an error ``code`` that stops a run (a wrong key, a missing permission, ...), or None."""
+    return next((hint for prefix, hint in _FATAL_HINTS.items() if code.startswith(prefix)), None)
 
 
 def parse_body(body: bytes) -> dict[str, Any] | None:
@@ -107,11 +113,7 @@ def classify(status: int, body: bytes, doc: dict[str, Any] | None = None) -> Out
         kind = FAILED
     elif code.startswith(_FATAL_PREFIXES):
         kind = FATAL
-        hint = (
-            next(h for p, h in _FATAL_HINTS.items() if code.startswith(p))
-            if code.startswith(tuple(_FATAL_HINTS))
-            else ""
-        )
+        hint = fatal_hint(code)
         message = f"{message} ({hint})" if hint else message
     elif status >= 500 or status == 429:
         kind = TRANSIENT
