@@ -5,8 +5,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import random
+import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -465,3 +468,81 @@ def test_a_reservation_from_before_a_reset_never_confirms_a_new_one(tmp_path: Pa
 
     stale, fresh, confirmed = anyio.run(go)
     assert stale.id != fresh.id and confirmed is None
+
+
+async def _interleave(
+    clock: list[float],
+    stores: dict[int, tuple[HostFileStore, float]],
+    steps: int,
+    recorded: dict[int, list[float]],
+    disrupt: tuple[int, Callable[[], dict[int, tuple[HostFileStore, float]]]] | None = None,
+    window_s: dict[int, float] | None = None,
+) -> None:
+    """Runs (store, qps) at their full rate on an injected clock, each reserving again as soon as it started.
+    ``disrupt`` (step, act): right after the first confirmation of run 0 from that step on, ``act`` runs and
+    may add runs, which reserve only after run 0's next operation."""
+    events: list[tuple[float, int, int, str]] = [(clock[0], r, 0, "reserve") for r in stores]
+    pending: dict[int, tuple[Reservation, float]] = {}
+    for step in range(1, steps + 1):
+        at, r, _, action = heapq.heappop(events)
+        clock[0] = max(clock[0], at)
+        store, qps = stores[r]
+        w = (window_s or {}).get(r, W)
+        if action == "reserve":
+            reservation = await store.reserve(w, w / qps, max(1, math.floor(qps)))
+            slot = clock[0] + reservation.delay_s
+            pending[r] = (reservation, slot)
+            heapq.heappush(events, (slot, r, step, "start"))
+            continue
+        reservation, _slot = pending.pop(r)
+        start = await store.confirm(reservation)
+        if start is not None:
+            recorded.setdefault(r, []).append(start)
+        heapq.heappush(events, (clock[0], r, step, "reserve"))
+        if disrupt is not None and r == 0 and step >= disrupt[0]:
+            joining = disrupt[1]()
+            disrupt = None
+            stores.update(joining)
+            events.extend((clock[0] + 1e-6, j, step, "reserve") for j in joining)
+            heapq.heapify(events)
+
+
+@pytest.mark.parametrize("disruption", ["deleted", "directory deleted", "replaced by an old copy"])
+@pytest.mark.parametrize("second", ["open before", "started after"])
+def test_a_host_file_deleted_or_replaced_mid_run_is_reopened(tmp_path: Path, disruption: str, second: str) -> None:
+    """The host file deleted (a cache cleaner, file or directory) or replaced by another file while a run uses it:
+    the runs already going move to the file the path names at their next operation, so they and a run started
+    afterwards pace against one file (its reservations hold the latest start of each), and the starts of all
+    runs never exceed floor(qps) in any 1 s + margin, across the move too (a run that moves to a file without
+    its own recent starts makes the next slot wait a window)."""
+    clock = [100.0]
+    path = tmp_path / "quota" / "k.json"
+    stores = {0: (HostFileStore(path, clock=lambda: clock[0]), 30.0)}
+    if second == "open before":
+        stores[1] = (HostFileStore(path, clock=lambda: clock[0]), 30.0)
+    old_copy = tmp_path / "old"
+    recorded: dict[int, list[float]] = {}
+
+    def act() -> dict[int, tuple[HostFileStore, float]]:
+        if disruption == "deleted":
+            path.unlink()
+        elif disruption == "directory deleted":
+            shutil.rmtree(path.parent)
+        else:
+            os.replace(old_copy, path)
+        if second == "started after":
+            return {1: (HostFileStore(path, clock=lambda: clock[0]), 30.0)}
+        return {}
+
+    async def go() -> None:
+        await _interleave(clock, stores, 40, recorded)
+        old_copy.write_bytes(path.read_bytes())  # a valid file, but without the starts made from now on
+        await _interleave(clock, stores, 40, recorded, disrupt=(1, act))
+        await _interleave(clock, stores, 200, recorded)
+
+    anyio.run(go)
+    held = set(HostFileStore.confirmed_starts(path).values())
+    assert recorded[0][-1] in held and recorded[1][-1] in held
+    assert len(recorded[1]) > 30  # the run started afterwards did get its share
+    everything = [t for starts in recorded.values() for t in starts]
+    assert busiest_window(everything, W - 1e-9) <= 30

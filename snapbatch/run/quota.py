@@ -132,16 +132,27 @@ class HostFileStore:
     never again be among the ``cap`` latest starts (each later slot, and so its start, is at or after theirs
     + HOLD_S). So the file stays at about ``cap`` reservations at full rate, whatever the rate, and each
     reservation or confirmation is one read and one write of it, with work done per entry only in C
-    (copying arrays, a bisection, a sort of at most that many numbers)."""
+    (copying arrays, a bisection, a sort of at most that many numbers).
+
+    Every operation first checks, under the lock, that the path still names the file it has open: a file
+    deleted (a cache cleaner) or replaced while runs use it is reopened, so a run started afterwards, which
+    opens the new file, and the runs already going pace against one file, never two."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.clock = path, clock
         self.name = f"the host file {path}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = self._open()
         self._boot = _boot().encode()[:_BOOT_BYTES]
+        # this run's latest recorded start and the window it last reserved with: what a file it moves to lacks
+        self._latest_start: float | None = None
+        self._window_s = 0.0
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # a cache cleaner may have taken the directory too
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
     async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+        self._window_s = window_s
         async with self._locked(cap) as (now, seq):
             slot = next_slot(now, None if math.isnan(seq.last) else seq.last, seq.starts, window_s, interval_s, cap)
             if seq.reset:  # calls made before cannot be seen, but none is within a window of now + W
@@ -165,21 +176,20 @@ class HostFileStore:
             start = max(now, slot)
             seq.starts[index] = start
             seq.confirmed[index] = 1
+            self._latest_start = start
             return start
 
     @asynccontextmanager
     async def _locked(self, cap: int | None) -> AsyncIterator[tuple[float, _Sequence]]:
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:  # another run holds it for a few microseconds; never block the loop
-                await anyio.sleep(0.0002)
-            except OSError as exc:
-                raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
+        moved = await self._lock()
         try:
             now = self.clock()
             seq = self._read(now)
+            if moved and self._unseen(now, seq):
+                # This run's starts of the last window are in the file it had, not in this one, so the next slot
+                # waits a window, as after a torn file. Simpler than carrying them over, which would have to
+                # merge them into another run's sequence (its order, its reservation ids), and a move is rare.
+                seq.reset = True
             yield now, seq
             seq.prune(now, cap)
             # Write over the old bytes, then cut the tail: a write that fails or is cut short (disk full, killed)
@@ -193,6 +203,43 @@ class HostFileStore:
             raise StoreUnavailable(f"cannot update {self.path}: {exc}") from None
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    async def _lock(self) -> bool:
+        """Lock the file the path names: True when that is no longer the file this store had (deleted or
+        replaced meanwhile). Checked after locking, and again after reopening, until the two agree: a file
+        unlinked or replaced while it waited for the lock is not the one other runs open now."""
+        moved = False
+        while True:
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # another run holds it for a few microseconds; never block the loop
+                    await anyio.sleep(0.0002)
+                except OSError as exc:
+                    raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
+            try:
+                held = os.fstat(self._fd)
+                try:
+                    named = os.stat(self.path)
+                    if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                        return moved
+                except FileNotFoundError:
+                    pass
+                fd = self._open()
+            except OSError as exc:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                raise StoreUnavailable(f"cannot reopen {self.path}: {exc}") from None
+            os.close(self._fd)  # closing drops its lock too
+            self._fd, moved = fd, True
+
+    def _unseen(self, now: float, seq: _Sequence) -> bool:
+        """Whether this run may have starts in the last window that the file it moved to does not hold: it
+        started something within the longest window, and the file's last slot is not a window past it (which
+        another run that moved to it first, from the same deleted file, set by its own reset)."""
+        if self._latest_start is None or now - self._latest_start >= _KEEP_S:
+            return False
+        return math.isnan(seq.last) or seq.last < self._latest_start + self._window_s
 
     def _read(self, now: float) -> _Sequence:
         raw = os.pread(self._fd, 1 << 16, 0)
@@ -235,7 +282,8 @@ _ENTRY_BYTES = 8 + 8 + 1  # slot, start as counted, confirmed
 class _Sequence:
     """The host file's content: reservation ``first + i`` has slot ``slots[i]`` and counts as starting at
     ``starts[i]`` (HOLD_S after its slot until ``confirmed[i]``). ``reset``: the file was found torn, foreign or
-    from before a reboot, and the next slot must wait a window (kept until a reservation has done so)."""
+    from before a reboot, or a run moved to it from a deleted one, and the next slot must wait a window (kept
+    until a reservation has done so)."""
 
     last: float
     first: int
