@@ -546,3 +546,67 @@ def test_a_host_file_deleted_or_replaced_mid_run_is_reopened(tmp_path: Path, dis
     assert len(recorded[1]) > 30  # the run started afterwards did get its share
     everything = [t for starts in recorded.values() for t in starts]
     assert busiest_window(everything, W - 1e-9) <= 30
+
+
+def test_a_lower_qps_run_keeps_what_a_higher_qps_run_on_the_key_needs(tmp_path: Path) -> None:
+    """A run at qps 40 then one reservation of a run at qps 30 on the same host file: the file still holds the
+    40 latest starts the qps-40 run's next slot is reckoned from (the qps-30 run once cut it to what its own
+    cap needs), and once the qps-40 run has not reserved for longer than any of its reservations can stay in
+    the file, the qps-30 run's reservations cut it back to about 30."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    fast = HostFileStore(path, clock=lambda: clock[0])
+    slow = HostFileStore(path, clock=lambda: clock[0])
+    recorded: dict[int, list[float]] = {}
+
+    async def go() -> int:
+        await _interleave(clock, {0: (fast, 40.0)}, 120, recorded)
+        await slow.reserve(W, W / 30, 30)
+        held = set(HostFileStore.confirmed_starts(path).values())
+        assert set(recorded[0][-40:]) <= held
+        clock[0] += 2.0
+        await _interleave(clock, {1: (slow, 30.0)}, 120, recorded)
+        return len(HostFileStore.confirmed_starts(path))
+
+    assert anyio.run(go) <= 30 + 8  # the cap, and those within HOLD_S before the cap-th latest slot
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.floats(0.0, 0.035),
+    st.lists(st.floats(0, 0.3), min_size=1, max_size=12),
+    st.lists(st.floats(0, 0.4), min_size=1, max_size=12),
+)
+def test_runs_asking_different_qps_on_one_host_file_keep_the_highest_ones_guarantee(
+    tmp_path_factory: pytest.TempPathFactory, wider_s: float, lateness: list[float], gaps: list[float]
+) -> None:
+    """A qps-40 run (its margin up to 35 ms wider, as learned from throttles) and a qps-30 run on one host file,
+    wake-ups late by up to 300 ms, pauses between calls: of the starts the store recorded, never more than 40
+    within any of the qps-40 run's windows. Slow: 300 steps of a real locked file per example."""
+    clock = [0.0]
+    path = tmp_path_factory.mktemp("q") / "k.json"
+    stores = [HostFileStore(path, clock=lambda: clock[0]) for _ in range(2)]
+    qps, windows = (40.0, 30.0), (W + wider_s, W)
+    recorded: list[float] = []
+
+    async def go() -> None:
+        events: list[tuple[float, int, int, str]] = [(0.0, r, 0, "reserve") for r in range(2)]
+        pending: dict[int, tuple[Reservation, float]] = {}
+        for step in range(300):
+            at, r, _, action = heapq.heappop(events)
+            clock[0] = max(clock[0], at)
+            if action == "reserve":
+                reservation = await stores[r].reserve(windows[r], windows[r] / qps[r], math.floor(qps[r]))
+                slot = clock[0] + reservation.delay_s
+                pending[r] = (reservation, slot)
+                heapq.heappush(events, (slot + lateness[step % len(lateness)], r, step, "start"))
+            else:
+                reservation, slot = pending.pop(r)
+                if clock[0] - slot <= HOLD_S:
+                    start = await stores[r].confirm(reservation)
+                    assert start is not None
+                    recorded.append(start)
+                heapq.heappush(events, (clock[0] + gaps[step % len(gaps)] * (r + 1), r, step, "reserve"))
+
+    anyio.run(go)
+    assert busiest_window(recorded, windows[0] - 1e-9) <= 40

@@ -132,7 +132,8 @@ class HostFileStore:
     never again be among the ``cap`` latest starts (each later slot, and so its start, is at or after theirs
     + HOLD_S). So the file stays at about ``cap`` reservations at full rate, whatever the rate, and each
     reservation or confirmation is one read and one write of it, with work done per entry only in C
-    (copying arrays, a bisection, a sort of at most that many numbers).
+    (copying arrays, a bisection, a sort of at most that many numbers). With mixed qps on the key it keeps
+    what the largest cap reserved with lately needs (see ``_Sequence.claim``).
 
     Every operation first checks, under the lock, that the path still names the file it has open: a file
     deleted (a cache cleaner) or replaced while runs use it is reopened, so a run started afterwards, which
@@ -158,6 +159,7 @@ class HostFileStore:
             if seq.reset:  # calls made before cannot be seen, but none is within a window of now + W
                 slot = max(slot, now + window_s)
                 seq.reset = False
+            seq.claim(cap, slot, now)
             rid = seq.first + len(seq.slots)
             seq.slots.append(slot)
             seq.starts.append(slot + HOLD_S)
@@ -270,10 +272,11 @@ class HostFileStore:
         return {seq.first + i: start for i, start in enumerate(seq.starts) if seq.confirmed[i]}
 
 
-# magic, checksum of what follows it, boot id, last slot (NaN: none), first reservation id, entries, and
-# whether the sequence started afresh and no slot was reserved since (that first slot waits a window)
-_HEADER = struct.Struct("<4sI40sdqq?")
-_MAGIC = b"SBQ2"
+# magic, checksum of what follows it, boot id, last slot (NaN: none), first reservation id, entries, the
+# largest cap reserved with lately and the slot it was last reserved for (NaN: none), and whether the
+# sequence started afresh and no slot was reserved since (that first slot waits a window)
+_HEADER = struct.Struct("<4sI40sdqqqd?")
+_MAGIC = b"SBQ3"  # SBQ2 files (no largest cap) read as foreign: a reset
 _BOOT_BYTES = 40
 _ENTRY_BYTES = 8 + 8 + 1  # slot, start as counted, confirmed
 
@@ -283,13 +286,16 @@ class _Sequence:
     """The host file's content: reservation ``first + i`` has slot ``slots[i]`` and counts as starting at
     ``starts[i]`` (HOLD_S after its slot until ``confirmed[i]``). ``reset``: the file was found torn, foreign or
     from before a reboot, or a run moved to it from a deleted one, and the next slot must wait a window (kept
-    until a reservation has done so)."""
+    until a reservation has done so). ``max_cap``: the largest cap reserved with lately, last for the slot
+    ``max_cap_at``."""
 
     last: float
     first: int
     slots: array[float]
     starts: array[float]
     confirmed: bytearray
+    max_cap: int = 0
+    max_cap_at: float = math.nan
     reset: bool = False
 
     @classmethod
@@ -297,13 +303,13 @@ class _Sequence:
         # Ids start at random, so a reservation made before the file started afresh never matches a new one: from
         # the OS, since processes whose `random` was seeded alike would otherwise start two sequences at one id.
         first = int.from_bytes(os.urandom(6), "little")
-        return cls(math.nan, first, array("d"), array("d"), bytearray(), reset)
+        return cls(math.nan, first, array("d"), array("d"), bytearray(), reset=reset)
 
     @classmethod
     def unpack(cls, raw: bytes, boot: bytes) -> _Sequence | None:
         if len(raw) < _HEADER.size:
             return None
-        magic, checksum, file_boot, last, first, count, reset = _HEADER.unpack_from(raw)
+        magic, checksum, file_boot, last, first, count, max_cap, max_cap_at, reset = _HEADER.unpack_from(raw)
         body = memoryview(raw)[_HEADER.size :]
         if magic != _MAGIC or len(body) != count * _ENTRY_BYTES or zlib.crc32(raw[8:]) != checksum:
             return None
@@ -312,11 +318,22 @@ class _Sequence:
         slots, starts = array("d"), array("d")
         slots.frombytes(body[: 8 * count])
         starts.frombytes(body[8 * count : 16 * count])
-        return cls(last, first, slots, starts, bytearray(body[16 * count :]), reset)
+        return cls(last, first, slots, starts, bytearray(body[16 * count :]), max_cap, max_cap_at, reset)
+
+    def claim(self, cap: int, slot: float, now: float) -> None:
+        """A reservation with ``cap`` for ``slot``: the file keeps the ``cap`` latest starts while any of this
+        reservation's own can still be in it (``_KEEP_S`` + HOLD_S after its slot), whatever smaller cap the runs
+        that reserve meanwhile give, so a run with a larger qps always finds what its next slot depends on.
+        After that, a run that has not reserved for so long left no reservation to keep: the cap is the largest
+        one given since."""
+        if cap >= self.max_cap or not now <= self.max_cap_at + _KEEP_S + HOLD_S:
+            self.max_cap, self.max_cap_at = cap, slot
 
     def prune(self, now: float, cap: int | None) -> None:
-        """Drop what no slot can depend on any more (see HostFileStore)."""
+        """Drop what no slot can depend on any more (see HostFileStore); ``cap`` None: only what is too old."""
         drop = bisect.bisect_left(self.slots, now - _KEEP_S - HOLD_S)
+        if cap is not None and now <= self.max_cap_at + _KEEP_S + HOLD_S:
+            cap = max(cap, self.max_cap)
         if cap is not None and len(self.slots) > cap:
             behind = bisect.bisect_right(self.slots, self.slots[-cap] - HOLD_S)
             # but never a reservation that may still be confirmed: its run would have to give its slot up
@@ -329,7 +346,17 @@ class _Sequence:
     def pack(self, boot: bytes) -> bytes:
         rest = b"".join(
             (
-                _HEADER.pack(_MAGIC, 0, boot, self.last, self.first, len(self.slots), self.reset)[8:],
+                _HEADER.pack(
+                    _MAGIC,
+                    0,
+                    boot,
+                    self.last,
+                    self.first,
+                    len(self.slots),
+                    self.max_cap,
+                    self.max_cap_at,
+                    self.reset,
+                )[8:],
                 self.slots.tobytes(),
                 self.starts.tobytes(),
                 self.confirmed,
