@@ -610,3 +610,69 @@ def test_runs_asking_different_qps_on_one_host_file_keep_the_highest_ones_guaran
 
     anyio.run(go)
     assert busiest_window(recorded, windows[0] - 1e-9) <= 40
+
+
+def test_the_host_file_is_cut_only_when_it_gets_shorter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At qps 30, then at 1,000 calls/s under a lifted limit, then after a pause: the file is truncated only by
+    operations that leave it shorter (pwrite extends it by itself), far fewer than there are operations, and
+    after every one it reads back whole (no stale tail)."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    store = HostFileStore(path, clock=lambda: clock[0])
+    cuts: list[tuple[int, int]] = []
+    real_ftruncate = os.ftruncate
+
+    def ftruncate(fd: int, length: int) -> None:
+        cuts.append((os.fstat(fd).st_size, length))
+        real_ftruncate(fd, length)
+
+    monkeypatch.setattr("snapbatch.run.quota.os.ftruncate", ftruncate)
+
+    async def go() -> int:
+        operations = 0
+        for qps, step_s, pairs in ((30.0, 0.0, 100), (1_000_000.0, 0.001, 2000), (30.0, 0.0, 100)):
+            clock[0] += 1.0
+            for _ in range(pairs):
+                reservation = await store.reserve(W, W / qps, max(1, math.floor(qps)))
+                clock[0] += reservation.delay_s
+                assert await store.confirm(reservation) is not None
+                assert HostFileStore.confirmed_starts(path)
+                operations += 2
+                clock[0] += step_s
+        return operations
+
+    operations = anyio.run(go)
+    assert cuts and all(length < size for size, length in cuts)
+    assert len(cuts) < operations / 10
+
+
+def test_a_cut_of_the_host_file_that_fails_leaves_it_torn_not_forgetful(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operation that leaves the file shorter but fails (or is killed) between writing and cutting it leaves
+    the new bytes followed by the old tail: read as torn (the next slot waits a window), never as a valid file
+    without the starts it held."""
+    clock = [5.0]
+    path = tmp_path / "k.json"
+    store = HostFileStore(path, clock=lambda: clock[0])
+
+    def fail(fd: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def go() -> tuple[int, int, float]:
+        for _ in range(60):
+            r = await store.reserve(W, W / 30, 30)
+            clock[0] += r.delay_s
+            await store.confirm(r)
+        before = path.stat().st_size
+        clock[0] += 1.0  # the oldest reservations drop off by age: the file gets shorter
+        with monkeypatch.context() as patched:
+            patched.setattr("snapbatch.run.quota.os.ftruncate", fail)
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(W, W / 30, 30)
+        after = path.stat().st_size
+        return before, after, (await store.reserve(W, W / 30, 30)).delay_s
+
+    before, after, delay = anyio.run(go)
+    assert after == before  # written over but not cut: the old tail is still there
+    assert delay >= W - 1e-9

@@ -142,15 +142,18 @@ class HostFileStore:
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.clock = path, clock
         self.name = f"the host file {path}"
-        self._fd = self._open()
+        self._fd, self._file = self._open()
         self._boot = _boot().encode()[:_BOOT_BYTES]
         # this run's latest recorded start and the window it last reserved with: what a file it moves to lacks
         self._latest_start: float | None = None
         self._window_s = 0.0
 
-    def _open(self) -> int:
+    def _open(self) -> tuple[int, tuple[int, int]]:
+        """The file the path names, opened (created if missing), and its identity (device, inode)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)  # a cache cleaner may have taken the directory too
-        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        held = os.fstat(fd)
+        return fd, (held.st_dev, held.st_ino)
 
     async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
         self._window_s = window_s
@@ -186,7 +189,7 @@ class HostFileStore:
         moved = await self._lock()
         try:
             now = self.clock()
-            seq = self._read(now)
+            seq, size = self._read(now)
             if moved and self._unseen(now, seq):
                 # This run's starts of the last window are in the file it had, not in this one, so the next slot
                 # waits a window, as after a torn file. Simpler than carrying them over, which would have to
@@ -194,13 +197,14 @@ class HostFileStore:
                 seq.reset = True
             yield now, seq
             seq.prune(now, cap)
-            # Write over the old bytes, then cut the tail: a write that fails or is cut short (disk full, killed)
-            # leaves the old starts or a torn file (its checksum fails: a reset), never an empty file read as a
-            # new key.
+            # Write over the old bytes, then cut the tail if it got shorter (pwrite extends it itself): a write
+            # that fails or is cut short (disk full, killed) leaves the old starts or a torn file (its length or
+            # checksum fails: a reset), never an empty file read as a new key.
             data = seq.pack(self._boot)
             if os.pwrite(self._fd, data, 0) != len(data):
                 raise OSError(f"short write of {len(data)} bytes")
-            os.ftruncate(self._fd, len(data))
+            if len(data) < size:
+                os.ftruncate(self._fd, len(data))
         except OSError as exc:
             raise StoreUnavailable(f"cannot update {self.path}: {exc}") from None
         finally:
@@ -221,19 +225,18 @@ class HostFileStore:
                 except OSError as exc:
                     raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
             try:
-                held = os.fstat(self._fd)
                 try:
                     named = os.stat(self.path)
-                    if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                    if (named.st_dev, named.st_ino) == self._file:
                         return moved
                 except FileNotFoundError:
                     pass
-                fd = self._open()
+                fd, file = self._open()
             except OSError as exc:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 raise StoreUnavailable(f"cannot reopen {self.path}: {exc}") from None
             os.close(self._fd)  # closing drops its lock too
-            self._fd, moved = fd, True
+            self._fd, self._file, moved = fd, file, True
 
     def _unseen(self, now: float, seq: _Sequence) -> bool:
         """Whether this run may have starts in the last window that the file it moved to does not hold: it
@@ -243,16 +246,17 @@ class HostFileStore:
             return False
         return math.isnan(seq.last) or seq.last < self._latest_start + self._window_s
 
-    def _read(self, now: float) -> _Sequence:
+    def _read(self, now: float) -> tuple[_Sequence, int]:
+        """The sequence the file holds and the file's size."""
         raw = os.pread(self._fd, 1 << 16, 0)
         if not raw:
-            return _Sequence.fresh(reset=False)  # a new file: no run has used it
+            return _Sequence.fresh(reset=False), 0  # a new file: no run has used it
         if len(raw) == 1 << 16:  # more than a full-rate file at a few thousand calls/s: read it all
             raw += os.pread(self._fd, os.fstat(self._fd).st_size, len(raw))
         seq = _Sequence.unpack(raw, self._boot)
-        if seq is None:  # torn, foreign (an older snapbatch's JSON) or from before a reboot: start afresh
-            return _Sequence.fresh(reset=True)
-        return seq
+        if seq is None:  # torn, foreign (an older snapbatch's file) or from before a reboot: start afresh
+            return _Sequence.fresh(reset=True), len(raw)
+        return seq, len(raw)
 
     async def aclose(self) -> None:
         os.close(self._fd)
