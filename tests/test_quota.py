@@ -571,7 +571,7 @@ def test_a_lower_qps_run_keeps_what_a_higher_qps_run_on_the_key_needs(tmp_path: 
     assert anyio.run(go) <= 30 + 8  # the cap, and those within HOLD_S before the cap-th latest slot
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.floats(0.0, 0.035),
     st.lists(st.floats(0, 0.3), min_size=1, max_size=12),
