@@ -676,3 +676,35 @@ def test_a_cut_of_the_host_file_that_fails_leaves_it_torn_not_forgetful(
     before, after, delay = anyio.run(go)
     assert after == before  # written over but not cut: the old tail is still there
     assert delay >= W - 1e-9
+
+
+def test_runs_that_move_off_a_deleted_host_file_wait_one_window_between_them_not_one_each(tmp_path: Path) -> None:
+    """Two runs on a host file that is deleted: the first to move waits a window (its recent starts are not in
+    the new file); the second, whose starts all came before that window, follows it one interval later instead
+    of waiting a window of its own; and a run idle longer than any window moves without waiting at all."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    first, second = (HostFileStore(path, clock=lambda: clock[0]) for _ in range(2))
+    stores = {0: (first, 30.0), 1: (second, 30.0)}
+
+    async def pair(store: HostFileStore) -> float:
+        reservation = await store.reserve(W, W / 30, 30)
+        clock[0] += reservation.delay_s
+        assert await store.confirm(reservation) is not None
+        return clock[0]
+
+    async def go() -> tuple[float, float, float, float]:
+        await _interleave(clock, stores, 80, {})
+        path.unlink()
+        deleted_at = clock[0]
+        first_slot = await pair(first)
+        second_slot = await pair(second)
+        path.unlink()
+        clock[0] += 2.0
+        idle_at = clock[0]
+        return deleted_at, first_slot, second_slot, await pair(first) - idle_at
+
+    deleted_at, first_slot, second_slot, idle_wait = anyio.run(go)
+    assert first_slot >= deleted_at + W
+    assert math.isclose(second_slot - first_slot, W / 30)
+    assert idle_wait == 0.0
