@@ -5,8 +5,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import random
+import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -465,3 +468,243 @@ def test_a_reservation_from_before_a_reset_never_confirms_a_new_one(tmp_path: Pa
 
     stale, fresh, confirmed = anyio.run(go)
     assert stale.id != fresh.id and confirmed is None
+
+
+async def _interleave(
+    clock: list[float],
+    stores: dict[int, tuple[HostFileStore, float]],
+    steps: int,
+    recorded: dict[int, list[float]],
+    disrupt: tuple[int, Callable[[], dict[int, tuple[HostFileStore, float]]]] | None = None,
+    window_s: dict[int, float] | None = None,
+) -> None:
+    """Runs (store, qps) at their full rate on an injected clock, each reserving again as soon as it started.
+    ``disrupt`` (step, act): right after the first confirmation of run 0 from that step on, ``act`` runs and
+    may add runs, which reserve only after run 0's next operation."""
+    events: list[tuple[float, int, int, str]] = [(clock[0], r, 0, "reserve") for r in stores]
+    pending: dict[int, tuple[Reservation, float]] = {}
+    for step in range(1, steps + 1):
+        at, r, _, action = heapq.heappop(events)
+        clock[0] = max(clock[0], at)
+        store, qps = stores[r]
+        w = (window_s or {}).get(r, W)
+        if action == "reserve":
+            reservation = await store.reserve(w, w / qps, max(1, math.floor(qps)))
+            slot = clock[0] + reservation.delay_s
+            pending[r] = (reservation, slot)
+            heapq.heappush(events, (slot, r, step, "start"))
+            continue
+        reservation, _slot = pending.pop(r)
+        start = await store.confirm(reservation)
+        if start is not None:
+            recorded.setdefault(r, []).append(start)
+        heapq.heappush(events, (clock[0], r, step, "reserve"))
+        if disrupt is not None and r == 0 and step >= disrupt[0]:
+            joining = disrupt[1]()
+            disrupt = None
+            stores.update(joining)
+            events.extend((clock[0] + 1e-6, j, step, "reserve") for j in joining)
+            heapq.heapify(events)
+
+
+@pytest.mark.parametrize("disruption", ["deleted", "directory deleted", "replaced by an old copy"])
+@pytest.mark.parametrize("second", ["open before", "started after"])
+def test_a_host_file_deleted_or_replaced_mid_run_is_reopened(tmp_path: Path, disruption: str, second: str) -> None:
+    """The host file deleted (a cache cleaner, file or directory) or replaced by another file while a run uses it:
+    the runs already going move to the file the path names at their next operation, so they and a run started
+    afterwards pace against one file (its reservations hold the latest start of each), and the starts of all
+    runs never exceed floor(qps) in any 1 s + margin, across the move too (a run that moves to a file without
+    its own recent starts makes the next slot wait a window)."""
+    clock = [100.0]
+    path = tmp_path / "quota" / "k.json"
+    stores = {0: (HostFileStore(path, clock=lambda: clock[0]), 30.0)}
+    if second == "open before":
+        stores[1] = (HostFileStore(path, clock=lambda: clock[0]), 30.0)
+    old_copy = tmp_path / "old"
+    recorded: dict[int, list[float]] = {}
+
+    def act() -> dict[int, tuple[HostFileStore, float]]:
+        if disruption == "deleted":
+            path.unlink()
+        elif disruption == "directory deleted":
+            shutil.rmtree(path.parent)
+        else:
+            os.replace(old_copy, path)
+        if second == "started after":
+            return {1: (HostFileStore(path, clock=lambda: clock[0]), 30.0)}
+        return {}
+
+    async def go() -> None:
+        await _interleave(clock, stores, 40, recorded)
+        old_copy.write_bytes(path.read_bytes())  # a valid file, but without the starts made from now on
+        await _interleave(clock, stores, 40, recorded, disrupt=(1, act))
+        await _interleave(clock, stores, 200, recorded)
+
+    anyio.run(go)
+    held = set(HostFileStore.confirmed_starts(path).values())
+    assert recorded[0][-1] in held and recorded[1][-1] in held
+    assert len(recorded[1]) > 30  # the run started afterwards did get its share
+    everything = [t for starts in recorded.values() for t in starts]
+    assert busiest_window(everything, W - 1e-9) <= 30
+
+
+def test_a_lower_qps_run_keeps_what_a_higher_qps_run_on_the_key_needs(tmp_path: Path) -> None:
+    """A run at qps 40 then one reservation of a run at qps 30 on the same host file: the file still holds the
+    40 latest starts the qps-40 run's next slot is reckoned from (the qps-30 run once cut it to what its own
+    cap needs), and once the qps-40 run has not reserved for longer than any of its reservations can stay in
+    the file, the qps-30 run's reservations cut it back to about 30."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    fast = HostFileStore(path, clock=lambda: clock[0])
+    slow = HostFileStore(path, clock=lambda: clock[0])
+    recorded: dict[int, list[float]] = {}
+
+    async def go() -> int:
+        await _interleave(clock, {0: (fast, 40.0)}, 120, recorded)
+        await slow.reserve(W, W / 30, 30)
+        held = set(HostFileStore.confirmed_starts(path).values())
+        assert set(recorded[0][-40:]) <= held
+        clock[0] += 2.0
+        await _interleave(clock, {1: (slow, 30.0)}, 120, recorded)
+        return len(HostFileStore.confirmed_starts(path))
+
+    assert anyio.run(go) <= 30 + 8  # the cap, and those within HOLD_S before the cap-th latest slot
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.floats(0.0, 0.035),
+    st.lists(st.floats(0, 0.3), min_size=1, max_size=12),
+    st.lists(st.floats(0, 0.4), min_size=1, max_size=12),
+)
+def test_runs_asking_different_qps_on_one_host_file_keep_the_highest_ones_guarantee(
+    tmp_path_factory: pytest.TempPathFactory, wider_s: float, lateness: list[float], gaps: list[float]
+) -> None:
+    """A qps-40 run (its margin up to 35 ms wider, as learned from throttles) and a qps-30 run on one host file,
+    wake-ups late by up to 300 ms, pauses between calls: of the starts the store recorded, never more than 40
+    within any of the qps-40 run's windows. Slow: 300 steps of a real locked file per example."""
+    clock = [0.0]
+    path = tmp_path_factory.mktemp("q") / "k.json"
+    stores = [HostFileStore(path, clock=lambda: clock[0]) for _ in range(2)]
+    qps, windows = (40.0, 30.0), (W + wider_s, W)
+    recorded: list[float] = []
+
+    async def go() -> None:
+        events: list[tuple[float, int, int, str]] = [(0.0, r, 0, "reserve") for r in range(2)]
+        pending: dict[int, tuple[Reservation, float]] = {}
+        for step in range(300):
+            at, r, _, action = heapq.heappop(events)
+            clock[0] = max(clock[0], at)
+            if action == "reserve":
+                reservation = await stores[r].reserve(windows[r], windows[r] / qps[r], math.floor(qps[r]))
+                slot = clock[0] + reservation.delay_s
+                pending[r] = (reservation, slot)
+                heapq.heappush(events, (slot + lateness[step % len(lateness)], r, step, "start"))
+            else:
+                reservation, slot = pending.pop(r)
+                if clock[0] - slot <= HOLD_S:
+                    start = await stores[r].confirm(reservation)
+                    assert start is not None
+                    recorded.append(start)
+                heapq.heappush(events, (clock[0] + gaps[step % len(gaps)] * (r + 1), r, step, "reserve"))
+
+    anyio.run(go)
+    assert busiest_window(recorded, windows[0] - 1e-9) <= 40
+
+
+def test_the_host_file_is_cut_only_when_it_gets_shorter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At qps 30, then at 1,000 calls/s under a lifted limit, then after a pause: the file is truncated only by
+    operations that leave it shorter (pwrite extends it by itself), far fewer than there are operations, and
+    after every one it reads back whole (no stale tail)."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    store = HostFileStore(path, clock=lambda: clock[0])
+    cuts: list[tuple[int, int]] = []
+    real_ftruncate = os.ftruncate
+
+    def ftruncate(fd: int, length: int) -> None:
+        cuts.append((os.fstat(fd).st_size, length))
+        real_ftruncate(fd, length)
+
+    monkeypatch.setattr("snapbatch.run.quota.os.ftruncate", ftruncate)
+
+    async def go() -> int:
+        operations = 0
+        for qps, step_s, pairs in ((30.0, 0.0, 100), (1_000_000.0, 0.001, 2000), (30.0, 0.0, 100)):
+            clock[0] += 1.0
+            for _ in range(pairs):
+                reservation = await store.reserve(W, W / qps, max(1, math.floor(qps)))
+                clock[0] += reservation.delay_s
+                assert await store.confirm(reservation) is not None
+                assert HostFileStore.confirmed_starts(path)
+                operations += 2
+                clock[0] += step_s
+        return operations
+
+    operations = anyio.run(go)
+    assert cuts and all(length < size for size, length in cuts)
+    assert len(cuts) < operations / 10
+
+
+def test_a_cut_of_the_host_file_that_fails_leaves_it_torn_not_forgetful(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operation that leaves the file shorter but fails (or is killed) between writing and cutting it leaves
+    the new bytes followed by the old tail: read as torn (the next slot waits a window), never as a valid file
+    without the starts it held."""
+    clock = [5.0]
+    path = tmp_path / "k.json"
+    store = HostFileStore(path, clock=lambda: clock[0])
+
+    def fail(fd: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def go() -> tuple[int, int, float]:
+        for _ in range(60):
+            r = await store.reserve(W, W / 30, 30)
+            clock[0] += r.delay_s
+            await store.confirm(r)
+        before = path.stat().st_size
+        clock[0] += 1.0  # the oldest reservations drop off by age: the file gets shorter
+        with monkeypatch.context() as patched:
+            patched.setattr("snapbatch.run.quota.os.ftruncate", fail)
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(W, W / 30, 30)
+        after = path.stat().st_size
+        return before, after, (await store.reserve(W, W / 30, 30)).delay_s
+
+    before, after, delay = anyio.run(go)
+    assert after == before  # written over but not cut: the old tail is still there
+    assert delay >= W - 1e-9
+
+
+def test_runs_that_move_off_a_deleted_host_file_wait_one_window_between_them_not_one_each(tmp_path: Path) -> None:
+    """Two runs on a host file that is deleted: the first to move waits a window (its recent starts are not in
+    the new file); the second, whose starts all came before that window, follows it one interval later instead
+    of waiting a window of its own; and a run idle longer than any window moves without waiting at all."""
+    clock = [100.0]
+    path = tmp_path / "k.json"
+    first, second = (HostFileStore(path, clock=lambda: clock[0]) for _ in range(2))
+    stores = {0: (first, 30.0), 1: (second, 30.0)}
+
+    async def pair(store: HostFileStore) -> float:
+        reservation = await store.reserve(W, W / 30, 30)
+        clock[0] += reservation.delay_s
+        assert await store.confirm(reservation) is not None
+        return clock[0]
+
+    async def go() -> tuple[float, float, float, float]:
+        await _interleave(clock, stores, 80, {})
+        path.unlink()
+        deleted_at = clock[0]
+        first_slot = await pair(first)
+        second_slot = await pair(second)
+        path.unlink()
+        clock[0] += 2.0
+        idle_at = clock[0]
+        return deleted_at, first_slot, second_slot, await pair(first) - idle_at
+
+    deleted_at, first_slot, second_slot, idle_wait = anyio.run(go)
+    assert first_slot >= deleted_at + W
+    assert math.isclose(second_slot - first_slot, W / 30)
+    assert idle_wait == 0.0

@@ -132,21 +132,37 @@ class HostFileStore:
     never again be among the ``cap`` latest starts (each later slot, and so its start, is at or after theirs
     + HOLD_S). So the file stays at about ``cap`` reservations at full rate, whatever the rate, and each
     reservation or confirmation is one read and one write of it, with work done per entry only in C
-    (copying arrays, a bisection, a sort of at most that many numbers)."""
+    (copying arrays, a bisection, a sort of at most that many numbers). With mixed qps on the key it keeps
+    what the largest cap reserved with lately needs (see ``_Sequence.claim``).
+
+    Every operation first checks, under the lock, that the path still names the file it has open: a file
+    deleted (a cache cleaner) or replaced while runs use it is reopened, so a run started afterwards, which
+    opens the new file, and the runs already going pace against one file, never two."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.clock = path, clock
         self.name = f"the host file {path}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd, self._file = self._open()
         self._boot = _boot().encode()[:_BOOT_BYTES]
+        # this run's latest recorded start and the window it last reserved with: what a file it moves to lacks
+        self._latest_start: float | None = None
+        self._window_s = 0.0
+
+    def _open(self) -> tuple[int, tuple[int, int]]:
+        """The file the path names, opened (created if missing), and its identity (device, inode)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # a cache cleaner may have taken the directory too
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        held = os.fstat(fd)
+        return fd, (held.st_dev, held.st_ino)
 
     async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+        self._window_s = window_s
         async with self._locked(cap) as (now, seq):
             slot = next_slot(now, None if math.isnan(seq.last) else seq.last, seq.starts, window_s, interval_s, cap)
             if seq.reset:  # calls made before cannot be seen, but none is within a window of now + W
                 slot = max(slot, now + window_s)
                 seq.reset = False
+            seq.claim(cap, slot, now)
             rid = seq.first + len(seq.slots)
             seq.slots.append(slot)
             seq.starts.append(slot + HOLD_S)
@@ -165,45 +181,82 @@ class HostFileStore:
             start = max(now, slot)
             seq.starts[index] = start
             seq.confirmed[index] = 1
+            self._latest_start = start
             return start
 
     @asynccontextmanager
     async def _locked(self, cap: int | None) -> AsyncIterator[tuple[float, _Sequence]]:
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:  # another run holds it for a few microseconds; never block the loop
-                await anyio.sleep(0.0002)
-            except OSError as exc:
-                raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
+        moved = await self._lock()
         try:
             now = self.clock()
-            seq = self._read(now)
+            seq, size = self._read(now)
+            if moved and self._unseen(now, seq):
+                # This run's starts of the last window are in the file it had, not in this one, so the next slot
+                # waits a window, as after a torn file. Simpler than carrying them over, which would have to
+                # merge them into another run's sequence (its order, its reservation ids), and a move is rare.
+                seq.reset = True
             yield now, seq
             seq.prune(now, cap)
-            # Write over the old bytes, then cut the tail: a write that fails or is cut short (disk full, killed)
-            # leaves the old starts or a torn file (its checksum fails: a reset), never an empty file read as a
-            # new key.
+            # Write over the old bytes, then cut the tail if it got shorter (pwrite extends it itself): a write
+            # that fails or is cut short (disk full, killed) leaves the old starts or a torn file (its length or
+            # checksum fails: a reset), never an empty file read as a new key.
             data = seq.pack(self._boot)
             if os.pwrite(self._fd, data, 0) != len(data):
                 raise OSError(f"short write of {len(data)} bytes")
-            os.ftruncate(self._fd, len(data))
+            if len(data) < size:
+                os.ftruncate(self._fd, len(data))
         except OSError as exc:
             raise StoreUnavailable(f"cannot update {self.path}: {exc}") from None
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _read(self, now: float) -> _Sequence:
+    async def _lock(self) -> bool:
+        """Lock the file the path names: True when that is no longer the file this store had (deleted or
+        replaced meanwhile). Checked after locking, and again after reopening, until the two agree: a file
+        unlinked or replaced while it waited for the lock is not the one other runs open now."""
+        moved = False
+        while True:
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # another run holds it for a few microseconds; never block the loop
+                    await anyio.sleep(0.0002)
+                except OSError as exc:
+                    raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from None
+            try:
+                try:
+                    named = os.stat(self.path)
+                    if (named.st_dev, named.st_ino) == self._file:
+                        return moved
+                except FileNotFoundError:
+                    pass
+                fd, file = self._open()
+            except OSError as exc:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                raise StoreUnavailable(f"cannot reopen {self.path}: {exc}") from None
+            os.close(self._fd)  # closing drops its lock too
+            self._fd, self._file, moved = fd, file, True
+
+    def _unseen(self, now: float, seq: _Sequence) -> bool:
+        """Whether this run may have starts in the last window that the file it moved to does not hold: it
+        started something within the longest window, and the file's last slot is not a window past it (which
+        another run that moved to it first, from the same deleted file, set by its own reset)."""
+        if self._latest_start is None or now - self._latest_start >= _KEEP_S:
+            return False
+        return math.isnan(seq.last) or seq.last < self._latest_start + self._window_s
+
+    def _read(self, now: float) -> tuple[_Sequence, int]:
+        """The sequence the file holds and the file's size."""
         raw = os.pread(self._fd, 1 << 16, 0)
         if not raw:
-            return _Sequence.fresh(reset=False)  # a new file: no run has used it
+            return _Sequence.fresh(reset=False), 0  # a new file: no run has used it
         if len(raw) == 1 << 16:  # more than a full-rate file at a few thousand calls/s: read it all
             raw += os.pread(self._fd, os.fstat(self._fd).st_size, len(raw))
         seq = _Sequence.unpack(raw, self._boot)
-        if seq is None:  # torn, foreign (an older snapbatch's JSON) or from before a reboot: start afresh
-            return _Sequence.fresh(reset=True)
-        return seq
+        if seq is None:  # torn, foreign (an older snapbatch's file) or from before a reboot: start afresh
+            return _Sequence.fresh(reset=True), len(raw)
+        return seq, len(raw)
 
     async def aclose(self) -> None:
         os.close(self._fd)
@@ -223,10 +276,11 @@ class HostFileStore:
         return {seq.first + i: start for i, start in enumerate(seq.starts) if seq.confirmed[i]}
 
 
-# magic, checksum of what follows it, boot id, last slot (NaN: none), first reservation id, entries, and
-# whether the sequence started afresh and no slot was reserved since (that first slot waits a window)
-_HEADER = struct.Struct("<4sI40sdqq?")
-_MAGIC = b"SBQ2"
+# magic, checksum of what follows it, boot id, last slot (NaN: none), first reservation id, entries, the
+# largest cap reserved with lately and the slot it was last reserved for (NaN: none), and whether the
+# sequence started afresh and no slot was reserved since (that first slot waits a window)
+_HEADER = struct.Struct("<4sI40sdqqqd?")
+_MAGIC = b"SBQ3"  # SBQ2 files (no largest cap) read as foreign: a reset
 _BOOT_BYTES = 40
 _ENTRY_BYTES = 8 + 8 + 1  # slot, start as counted, confirmed
 
@@ -235,13 +289,17 @@ _ENTRY_BYTES = 8 + 8 + 1  # slot, start as counted, confirmed
 class _Sequence:
     """The host file's content: reservation ``first + i`` has slot ``slots[i]`` and counts as starting at
     ``starts[i]`` (HOLD_S after its slot until ``confirmed[i]``). ``reset``: the file was found torn, foreign or
-    from before a reboot, and the next slot must wait a window (kept until a reservation has done so)."""
+    from before a reboot, or a run moved to it from a deleted one, and the next slot must wait a window (kept
+    until a reservation has done so). ``max_cap``: the largest cap reserved with lately, last for the slot
+    ``max_cap_at``."""
 
     last: float
     first: int
     slots: array[float]
     starts: array[float]
     confirmed: bytearray
+    max_cap: int = 0
+    max_cap_at: float = math.nan
     reset: bool = False
 
     @classmethod
@@ -249,13 +307,13 @@ class _Sequence:
         # Ids start at random, so a reservation made before the file started afresh never matches a new one: from
         # the OS, since processes whose `random` was seeded alike would otherwise start two sequences at one id.
         first = int.from_bytes(os.urandom(6), "little")
-        return cls(math.nan, first, array("d"), array("d"), bytearray(), reset)
+        return cls(math.nan, first, array("d"), array("d"), bytearray(), reset=reset)
 
     @classmethod
     def unpack(cls, raw: bytes, boot: bytes) -> _Sequence | None:
         if len(raw) < _HEADER.size:
             return None
-        magic, checksum, file_boot, last, first, count, reset = _HEADER.unpack_from(raw)
+        magic, checksum, file_boot, last, first, count, max_cap, max_cap_at, reset = _HEADER.unpack_from(raw)
         body = memoryview(raw)[_HEADER.size :]
         if magic != _MAGIC or len(body) != count * _ENTRY_BYTES or zlib.crc32(raw[8:]) != checksum:
             return None
@@ -264,11 +322,22 @@ class _Sequence:
         slots, starts = array("d"), array("d")
         slots.frombytes(body[: 8 * count])
         starts.frombytes(body[8 * count : 16 * count])
-        return cls(last, first, slots, starts, bytearray(body[16 * count :]), reset)
+        return cls(last, first, slots, starts, bytearray(body[16 * count :]), max_cap, max_cap_at, reset)
+
+    def claim(self, cap: int, slot: float, now: float) -> None:
+        """A reservation with ``cap`` for ``slot``: the file keeps the ``cap`` latest starts while any of this
+        reservation's own can still be in it (``_KEEP_S`` + HOLD_S after its slot), whatever smaller cap the runs
+        that reserve meanwhile give, so a run with a larger qps always finds what its next slot depends on.
+        After that, a run that has not reserved for so long left no reservation to keep: the cap is the largest
+        one given since."""
+        if cap >= self.max_cap or not now <= self.max_cap_at + _KEEP_S + HOLD_S:
+            self.max_cap, self.max_cap_at = cap, slot
 
     def prune(self, now: float, cap: int | None) -> None:
-        """Drop what no slot can depend on any more (see HostFileStore)."""
+        """Drop what no slot can depend on any more (see HostFileStore); ``cap`` None: only what is too old."""
         drop = bisect.bisect_left(self.slots, now - _KEEP_S - HOLD_S)
+        if cap is not None and now <= self.max_cap_at + _KEEP_S + HOLD_S:
+            cap = max(cap, self.max_cap)
         if cap is not None and len(self.slots) > cap:
             behind = bisect.bisect_right(self.slots, self.slots[-cap] - HOLD_S)
             # but never a reservation that may still be confirmed: its run would have to give its slot up
@@ -281,7 +350,17 @@ class _Sequence:
     def pack(self, boot: bytes) -> bytes:
         rest = b"".join(
             (
-                _HEADER.pack(_MAGIC, 0, boot, self.last, self.first, len(self.slots), self.reset)[8:],
+                _HEADER.pack(
+                    _MAGIC,
+                    0,
+                    boot,
+                    self.last,
+                    self.first,
+                    len(self.slots),
+                    self.max_cap,
+                    self.max_cap_at,
+                    self.reset,
+                )[8:],
                 self.slots.tobytes(),
                 self.starts.tobytes(),
                 self.confirmed,
