@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+import struct
 from pathlib import Path
 
 import httpx
 import pytest
 
 from snapbatch.errors import UsageError
-from snapbatch.models import Request
-from snapbatch.run.state import Intent, State
+from snapbatch.models import Outcome, OutcomeKind, Request
+from snapbatch.run.state import Change, Intent, Settled, State
 from snapbatch.vod.client import VodClient, environment_proxy
 from snapbatch.vod.credentials import Credentials
 
@@ -54,6 +55,41 @@ def test_a_write_under_way_in_this_process_is_not_waited_for(tmp_path: Path) -> 
         with state._tx():
             assert state.apply_at_once([Intent("k")]) is False
         assert state.counts()["sending"] == 0
+    finally:
+        state.close()
+
+
+def test_the_event_loops_writes_never_checkpoint_and_the_journal_stays_bounded(tmp_path: Path) -> None:
+    """The event loop's writes (apply_at_once) never checkpoint, which copies the journal into the database file
+    and syncs it (on a slow disk, long enough to delay due calls): after loop writes of more pages than SQLite's
+    automatic checkpoint (1,000) lets the journal hold, every frame is still in it. Then one write is left to a
+    thread (apply_at_once says False), whose commit checkpoints, so the next write starts the journal afresh."""
+    keys = [f"k{i}" for i in range(20 * State.LOOP_WRITES_PER_CHECKPOINT + 1)]
+    state = State(tmp_path / "s.sqlite3")
+    requests = [Request(k, "job", None, "VideoId", f"v{k}", {"VideoId": f"v{k}", "Count": "1"}) for k in keys]
+    state.ingest(requests, "fp", "b")
+
+    def changes(group: list[str]) -> list[Change]:
+        return [c for k in group for c in (Intent(k), Settled(k, Outcome(OutcomeKind.ACCEPTED, job_id="J" + k)))]
+
+    def journal_frames() -> int:
+        """mxFrame, the journal's last valid frame, from the wal-index header (offset 16; sqlite.org/walformat):
+        read without checkpointing anything."""
+        return int(struct.unpack_from("=I", (tmp_path / "s.sqlite3-shm").read_bytes(), 16)[0])
+
+    try:
+        with sqlite3.connect(tmp_path / "s.sqlite3") as other:  # the ingest's pages out of the way
+            other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        other.close()
+        for i in range(0, len(keys) - 1, 20):  # 20 requests a write, so that the loop's writes alone pass 1,000 pages
+            assert state.apply_at_once(changes(keys[i : i + 20])) is True
+        assert journal_frames() > 1000  # never restarted: with SQLite's default a commit past 1,000 pages checkpoints
+        # the next write is left to a thread, where the commit checkpoints; the one after starts the journal afresh
+        assert state.apply_at_once(changes(keys[-1:])) is False
+        state.apply(changes(keys[-1:]))
+        assert state.apply_at_once([Intent(keys[0])]) is True
+        assert journal_frames() < 100
+        assert state.counts()["submitted"] == len(keys) - 1
     finally:
         state.close()
 

@@ -127,7 +127,8 @@ class Limiter:
         """``on_throttled`` hears the margin after each throttle (margin.py keeps it for the next run)."""
         self.window, self.clock, self.sleep = window, clock, sleep
         self.on_throttled = on_throttled
-        self._lock = anyio.Lock()
+        # Uncontended (one dispatcher), acquiring it need not yield to the loop: a turn of the loop a call saved
+        self._lock = anyio.Lock(fast_acquire=True)
         self.admitted = 0
         self.cuts = 0
 

@@ -191,6 +191,8 @@ class State:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._fd: int | None = None  # the database file itself, opened once: its identity and its run lock
+        self._loop_db: sqlite3.Connection | None = None  # the event loop's writer (apply_at_once), made on first use
+        self._loop_writes = 0  # apply_at_once's commits since it last left one to a thread
         self._locked = False
         self._lease_token: str | None = None
         try:
@@ -203,6 +205,7 @@ class State:
                     f"the state file {path} is not a regular file (a directory, FIFO or device); give a file path"
                 )
             target = str(real) if create else f"file:{_uri_path(real)}?mode=rw"
+            self._target = (target, not create)
             self.db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=not create)
             self.db.execute("PRAGMA busy_timeout=5000")
             if create:
@@ -429,6 +432,9 @@ class State:
         with self._read_lock:
             self.reader.close()
         with self._lock:
+            if self._loop_db is not None:
+                self._loop_db.close()
+                self._loop_db = None
             self.db.close()
             self.unlock()
             if self._fd is not None:
@@ -461,17 +467,19 @@ class State:
                 yield db
 
     @contextmanager
-    def _begun(self) -> Iterator[sqlite3.Connection]:
-        """The rest of a write transaction begun under ``_lock``: committed, or rolled back on any error."""
+    def _begun(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """The rest of a write transaction begun under ``_lock`` (on ``db``, default the writer): committed, or
+        rolled back on any error."""
+        db = db or self.db
         try:
             try:
-                yield self.db
+                yield db
                 if self._locked:
                     self.check_identity()
             except BaseException:
-                self.db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._write_error(exc) from None
 
@@ -624,30 +632,50 @@ class State:
             for kind, rows in runs:
                 db.executemany(self._APPLY_SQL[kind], rows)
 
+    LOOP_WRITES_PER_CHECKPOINT = 100
+
     def apply_at_once(self, changes: Iterable[Change]) -> bool:
         """``apply``, if that needs no waiting for another write (this process's, as the lease's renewal, or
         another connection's, as the ingest's); False, with nothing written, when it would. The runner's
         event loop writes here, never blocking on a lock, and leaves what would wait to a thread."""
         runs = self._runs(changes)
+        if self._loop_writes >= self.LOOP_WRITES_PER_CHECKPOINT:
+            self._loop_writes = 0  # this one goes to a thread, where the commit checkpoints as SQLite does by default
+            return False
         if not self._lock.acquire(blocking=False):
             return False
         try:
             try:
-                self.db.execute("PRAGMA busy_timeout=0")
-                try:
-                    self.db.execute("BEGIN IMMEDIATE")
-                finally:
-                    self.db.execute("PRAGMA busy_timeout=5000")
+                db = self._loop_writer()
+                db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error:  # busy (or broken: apply, in its thread, says which)
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
+                if self._loop_db is not None and self._loop_db.in_transaction:
+                    self._loop_db.execute("ROLLBACK")
                 return False
-            with self._begun() as db:
+            with self._begun(db) as db:
                 for kind, rows in runs:
                     db.executemany(self._APPLY_SQL[kind], rows)
+            self._loop_writes += 1
             return True
         finally:
             self._lock.release()
+
+    def _loop_writer(self) -> sqlite3.Connection:
+        """The event loop's own connection, under ``_lock`` like the writer's. It never waits for a lock (busy
+        timeout 0: a write that would wait goes to ``apply`` in a thread instead) and never checkpoints (a
+        checkpoint copies pages into the database file and syncs it, tens of milliseconds on a slow disk, which
+        would hold up every due call). The writer's commits, in threads, still checkpoint as SQLite does by
+        default (past 1,000 pages of journal): ``renew`` every second, and one write in every
+        LOOP_WRITES_PER_CHECKPOINT that apply_at_once leaves to a thread, so the journal stays bounded at lifted
+        rates too. A connection of its own rather than the writer's with its busy timeout switched back and
+        forth: two statements fewer a transaction."""
+        if self._loop_db is None:
+            target, uri = self._target
+            db = sqlite3.connect(target, timeout=0, check_same_thread=False, isolation_level=None, uri=uri)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._loop_db = db
+        return self._loop_db
 
     def _runs(self, changes: Iterable[Change]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """The changes as statements and their arguments, consecutive ones of a kind together."""
