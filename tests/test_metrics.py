@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,6 +201,23 @@ def test_sigterm_mid_run_writes_130_and_keeps_when_the_run_last_finished(tmp_pat
     assert [_get(m, "snapbatch_requests", status=s) for s in ("submitted", "pending")] == [2, 3]
     assert _get(m, "snapbatch_calls_total", outcome="accepted") == 1
     _no_temporaries(tmp_path)
+
+
+def test_a_sigterm_during_the_last_write_waits_for_it(tmp_path: Path) -> None:
+    """A SIGTERM that comes while the metrics file's last write is being made (the moment before the exit) is
+    ignored for that moment: the write completes and the process exits on its own, instead of dying with the
+    file still saying "running". A real signal to a real process."""
+    script = (
+        "import os, signal\n"
+        "from snapbatch.cli.main import _sigterm_deferred\n"
+        "with _sigterm_deferred(True):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('the last write made', flush=True)\n"
+        "print('SIGTERM handled as before:', signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["the last write made", "SIGTERM handled as before: True"]
 
 
 def test_poll_writes_jobs_by_completion_and_its_exit(cli: CliRunner, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ one-way imports that keep the emulator independent of the client."""
 from __future__ import annotations
 
 import ast
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,35 @@ def test_a_library_caller_gets_the_whole_run(tmp_path: Path) -> None:
     assert ("ingested", (6, 6)) in events.seen
     kinds = [what for name, what in events.seen if name == "outcome"]
     assert sorted(kinds) == sorted([OutcomeKind.ACCEPTED] * 5 + [OutcomeKind.FAILED])
+
+
+def test_a_run_puts_the_callers_signal_handlers_back(tmp_path: Path) -> None:
+    """A run that handles SIGINT and SIGTERM itself leaves the caller's handlers as they were when it ends:
+    asyncio leaves SIG_DFL behind, under which a SIGTERM between the end of the run and the exit killed
+    `snapbatch run` before its summary and the metrics file's last write."""
+    assert threading.current_thread() is threading.main_thread()  # elsewhere a run handles no signal at all
+
+    def caller_handler(signum: int, frame: object) -> None:
+        raise AssertionError("no signal is sent in this test")
+
+    before = signal.signal(signal.SIGTERM, caller_handler)
+    interrupt_before = signal.getsignal(signal.SIGINT)
+    try:
+        with running(EmulatorConfig(qps=1000)) as emu:
+            finished = run_manifest(
+                load_manifest(_manifest(tmp_path, 3), {}),
+                tmp_path / "s.sqlite3",
+                emu.url,
+                Credentials(AK_ID, AK_SECRET),
+                qps=200,
+                options=RunOptions(),
+                handle_signals=True,
+            )
+        assert finished.result.calls == 3  # the run went through, with its own handlers installed meanwhile
+        assert signal.getsignal(signal.SIGTERM) is caller_handler
+        assert signal.getsignal(signal.SIGINT) is interrupt_before
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_library_caller_gets_search_listings_and_a_wrong_endpoint_stop(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from snapbatch.errors import UsageError
 from snapbatch.metrics import EVERY_S, MetricsFile
 from snapbatch.models import Manifest
 from snapbatch.run.limiter import Limiter, RateWindow
+from snapbatch.run.session import kept_signal_handlers
 from snapbatch.run.state import State
 from snapbatch.vod.chain import find_provider
 from snapbatch.vod.client import VodClient
@@ -113,7 +114,8 @@ def poll_command(args: argparse.Namespace, env: Mapping[str, str], out: Out, met
         if metrics is not None:
             metrics.poll = PollResult()
             metrics.started(state)
-        result = anyio.run(_poll_async, state, endpoint, creds, options, args, manifest, out, metrics)
+        with kept_signal_handlers():
+            result = anyio.run(_poll_async, state, endpoint, creds, options, args, manifest, out, metrics)
         counts, completion = state.counts(), state.completion_counts()
     finally:
         state.close()

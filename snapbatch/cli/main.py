@@ -508,8 +508,23 @@ def main(
             code = _command(args, environ, out, metrics)
     finally:
         if metrics is not None:  # every exit writes its reason, a traceback's too ("crashed")
-            metrics.finish(code)
+            with _sigterm_deferred(args.command in ("run", "poll")):
+                metrics.finish(code)
     return code
+
+
+@contextmanager
+def _sigterm_deferred(wanted: bool) -> Iterator[None]:
+    """SIGTERM ignored for the moment of the last write (the exit follows at once): the metrics file then always
+    says how the command ended, instead of the last progress write's "running"."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 @contextmanager

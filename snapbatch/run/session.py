@@ -34,7 +34,7 @@ from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.providers import CredentialsProvider
 
-__all__ = ["Finished", "Progress", "RunEvents", "Tally", "account_key", "run_manifest"]
+__all__ = ["Finished", "Progress", "RunEvents", "Tally", "account_key", "kept_signal_handlers", "run_manifest"]
 
 # The state writer and the ingest run in threads; a shorter GIL switch interval keeps them from delaying a
 # due call by up to the default 5 ms, which would eat into the limiter's margin.
@@ -169,7 +169,7 @@ def run_manifest(
             prepare(state)
         events.started(recovered)
         try:
-            with _switch_interval(SWITCH_INTERVAL_S):
+            with _switch_interval(SWITCH_INTERVAL_S), kept_signal_handlers(handle_signals):
                 session = partial(
                     _Session, state, manifest, endpoint, credentials, qps, options, events, pacing, relist, search_qps
                 )
@@ -191,6 +191,24 @@ def account_key(credentials: Credentials | CredentialsProvider) -> str:
     every renewal) the source they come from (a role, a profile)."""
     current = credentials if isinstance(credentials, Credentials) else credentials.current()
     return current.access_key_id if current.security_token is None else f"sts:{credentials.source}"
+
+
+@contextmanager
+def kept_signal_handlers(wanted: bool = True) -> Iterator[None]:
+    """The SIGINT and SIGTERM handlers as they were before, once the block ends. anyio's signal receiver leaves
+    SIG_DFL behind when its event loop ends (asyncio's remove_signal_handler does), whatever the caller had:
+    a SIGTERM in the moment between the end of a run and the process's exit then killed it before its last
+    words (the summary, the metrics file's last write) instead of going to the caller's handler."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            if handler is not None:  # None: set outside Python, which cannot be put back from here
+                signal.signal(signum, handler)
 
 
 @contextmanager
