@@ -258,3 +258,28 @@ def test_a_state_path_that_is_no_regular_file_exits_6_at_once(cli: CliRunner, tm
             r = cli(command, str(path), "--state", str(target), *more, env=ENV)
             assert r.code == 6 and "is not a regular file" in r.err, (command, r.err)
         assert emu.emulator.calls == []
+
+
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_the_event_loops_first_write_after_the_file_went_touches_nothing_at_its_path(tmp_path: Path, how: str) -> None:
+    """A state file renamed or deleted under a run before the event loop's first write (apply_at_once): the write
+    is refused saying what happened, no empty database appears at the path, and the journal beside the old
+    name (the records the renamed file's message says to rescue) is left where it was."""
+    path = tmp_path / "s.sqlite3"
+    state = State(path)
+    state.lock(time.time())
+    state.set_meta({"batch": "went"})  # a commit that is in the journal only
+    journal = Path(f"{path}-wal")
+    before = journal.read_bytes()
+    if how == "renamed":
+        os.rename(path, tmp_path / "moved.sqlite3")
+    else:
+        path.unlink()
+    try:
+        with pytest.raises(StateError, match=f"the state file {path} was (moved to|deleted)"):
+            if not state.apply_at_once([Settled("k", Outcome(ACCEPTED, job_id="J"))]):
+                state.apply([Settled("k", Outcome(ACCEPTED, job_id="J"))])
+        assert not path.exists()
+        assert journal.read_bytes()[: len(before)] == before
+    finally:
+        state.close()

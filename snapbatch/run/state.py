@@ -191,7 +191,7 @@ class State:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._fd: int | None = None  # the database file itself, opened once: its identity and its run lock
-        self._loop_db: sqlite3.Connection | None = None  # the event loop's writer (apply_at_once), made on first use
+        self._loop_db: sqlite3.Connection | None = None  # the event loop's writer (apply_at_once); None once closed
         self._loop_writes = 0  # apply_at_once's commits since it last left one to a thread
         self._locked = False
         self._lease_token: str | None = None
@@ -205,7 +205,6 @@ class State:
                     f"the state file {path} is not a regular file (a directory, FIFO or device); give a file path"
                 )
             target = str(real) if create else f"file:{_uri_path(real)}?mode=rw"
-            self._target = (target, not create)
             self.db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=not create)
             self.db.execute("PRAGMA busy_timeout=5000")
             if create:
@@ -232,6 +231,10 @@ class State:
             # never wait for the writer, and a long count never holds up an intent before a due call.
             self.reader = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=not create)
             self.reader.execute("PRAGMA busy_timeout=5000")
+            # Opened now, with the others, not at the first write: by then the path may name another file or none
+            # (a connection would create an empty one there, and SQLite deletes the journal beside an empty
+            # database: the records a renamed file's run says to rescue from it).
+            self._loop_db = self._loop_writer(target, uri=not create)
         except (OSError, sqlite3.Error, StateError) as exc:
             if self._fd is not None:
                 os.close(self._fd)
@@ -645,12 +648,14 @@ class State:
         if not self._lock.acquire(blocking=False):
             return False
         try:
+            db = self._loop_db
+            if db is None:  # closed: apply says so
+                return False
             try:
-                db = self._loop_writer()
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error:  # busy (or broken: apply, in its thread, says which)
-                if self._loop_db is not None and self._loop_db.in_transaction:
-                    self._loop_db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 return False
             with self._begun(db) as db:
                 for kind, rows in runs:
@@ -660,7 +665,8 @@ class State:
         finally:
             self._lock.release()
 
-    def _loop_writer(self) -> sqlite3.Connection:
+    @staticmethod
+    def _loop_writer(target: str, *, uri: bool) -> sqlite3.Connection:
         """The event loop's own connection, under ``_lock`` like the writer's. It never waits for a lock (busy
         timeout 0: a write that would wait goes to ``apply`` in a thread instead) and never checkpoints (a
         checkpoint copies pages into the database file and syncs it, tens of milliseconds on a slow disk, which
@@ -669,13 +675,10 @@ class State:
         LOOP_WRITES_PER_CHECKPOINT that apply_at_once leaves to a thread, so the journal stays bounded at lifted
         rates too. A connection of its own rather than the writer's with its busy timeout switched back and
         forth: two statements fewer a transaction."""
-        if self._loop_db is None:
-            target, uri = self._target
-            db = sqlite3.connect(target, timeout=0, check_same_thread=False, isolation_level=None, uri=uri)
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint=0")
-            self._loop_db = db
-        return self._loop_db
+        db = sqlite3.connect(target, timeout=0, check_same_thread=False, isolation_level=None, uri=uri)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        return db
 
     def _runs(self, changes: Iterable[Change]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """The changes as statements and their arguments, consecutive ones of a kind together."""
