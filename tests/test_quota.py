@@ -460,7 +460,7 @@ def test_a_reservation_from_before_a_reset_never_confirms_a_new_one(tmp_path: Pa
     async def go() -> tuple[Reservation, Reservation, float | None]:
         random.seed(1)
         stale = await store.reserve(W, W / 30, 30)
-        path.write_bytes(b"torn")
+        path.write_bytes(path.read_bytes()[:-5])  # torn: its own format, cut short
         random.seed(1)
         fresh = await store.reserve(W, W / 30, 30)
         clock[0] += fresh.delay_s
@@ -708,3 +708,31 @@ def test_runs_that_move_off_a_deleted_host_file_wait_one_window_between_them_not
     assert first_slot >= deleted_at + W
     assert math.isclose(second_slot - first_slot, W / 30)
     assert idle_wait == 0.0
+
+
+@pytest.mark.parametrize("foreign", [b"SBQ2" + bytes(120), b'{"last": 12.5, "starts": [12.0, 12.5]}'])
+def test_a_host_file_another_version_is_writing_is_waited_for_then_taken_over(tmp_path: Path, foreign: bytes) -> None:
+    """A host file in another snapbatch version's format (an older run's, during an upgrade) written within the
+    keep horizon is in use: reserving is refused as an unreachable store (the run waits, says why, and stops
+    after --quota-wait) and the file is left as it is. Resetting it instead threw that run's reservations away,
+    and it reset ours in turn: neither ever started a call. A file no one has written for longer is taken over
+    like a torn one (the first slot a window ahead)."""
+    path = tmp_path / "k.json"
+    path.write_bytes(foreign)
+    written = path.stat().st_mtime
+    wall = [written + 1.0]
+    store = HostFileStore(path, clock=lambda: 10.0, wall_clock=lambda: wall[0])
+
+    async def go() -> tuple[str, float]:
+        try:
+            with pytest.raises(StoreUnavailable) as refused:
+                await store.reserve(W, W / 30, 30)
+            assert path.read_bytes() == foreign
+            wall[0] = written + 5.0  # nobody has written it for 5 s: its run is gone
+            return str(refused.value), (await store.reserve(W, W / 30, 30)).delay_s
+        finally:
+            await store.aclose()
+
+    message, delay = anyio.run(go)
+    assert "another snapbatch version" in message and "--quota-wait" in message
+    assert delay >= W - 1e-9

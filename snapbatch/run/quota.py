@@ -139,8 +139,11 @@ class HostFileStore:
     deleted (a cache cleaner) or replaced while runs use it is reopened, so a run started afterwards, which
     opens the new file, and the runs already going pace against one file, never two."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
-        self.path, self.clock = path, clock
+    def __init__(
+        self, path: Path, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
+    ) -> None:
+        """``wall_clock``: what the file's modification time is compared with (another version's file in use)."""
+        self.path, self.clock, self.wall_clock = path, clock, wall_clock
         self.name = f"the host file {path}"
         self._fd, self._file = self._open()
         self._boot = _boot().encode()[:_BOOT_BYTES]
@@ -254,7 +257,16 @@ class HostFileStore:
         if len(raw) == 1 << 16:  # more than a full-rate file at a few thousand calls/s: read it all
             raw += os.pread(self._fd, os.fstat(self._fd).st_size, len(raw))
         seq = _Sequence.unpack(raw, self._boot)
-        if seq is None:  # torn, foreign (an older snapbatch's file) or from before a reboot: start afresh
+        if seq is None:
+            if raw[:4] != _MAGIC and abs(self.wall_clock() - os.fstat(self._fd).st_mtime) < _KEEP_S + HOLD_S:
+                # Another snapbatch version's format, written moments ago: a run of it is going. Starting afresh
+                # would throw its reservations away (and it ours, each reading the other's file as foreign:
+                # neither would ever start a call). Wait for it instead, as for a store that does not answer.
+                raise StoreUnavailable(
+                    f"{self.path} is in use by a run of another snapbatch version (another file format): this run "
+                    "waits for it to end (up to --quota-wait); run one version on a host at a time"
+                )
+            # torn, from before a reboot, or another version's file no run uses any more: start afresh
             return _Sequence.fresh(reset=True), len(raw)
         return seq, len(raw)
 
