@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -212,3 +214,55 @@ def test_the_emulator_depends_only_on_signing_and_the_api_facts() -> None:
         assert outside <= {"snapbatch.vod.signing", "snapbatch.vod.api"}, (path, outside)
     assert _snapbatch_imports(package / "vod" / "api.py") == set()
     assert _snapbatch_imports(package / "vod" / "signing.py") == {"snapbatch.vod.api"}
+
+
+_TEARDOWN_SIGTERM = """
+import os, signal, sys
+from pathlib import Path
+from snapbatch.emulator import EmulatorConfig
+from snapbatch.manifest.load import load_manifest
+from snapbatch.run.quota import HostFileStore, Pacing
+from snapbatch.run.runner import RunOptions
+from snapbatch.run.session import run_manifest
+from snapbatch.run.state import State
+from snapbatch.vod.credentials import Credentials
+from tests.emulated import AK_ID, AK_SECRET, running
+from tests.test_run import _manifest
+
+tmp = Path(sys.argv[1])
+close = HostFileStore.aclose
+
+async def aclose_then_sigterm(self):  # the run's last act in its event loop, its signal receiver long closed
+    await close(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+HostFileStore.aclose = aclose_then_sigterm
+
+def caller(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, caller)
+try:
+    with running(EmulatorConfig(qps=1000)) as emu:
+        run_manifest(
+            load_manifest(_manifest(tmp, 3), {}), tmp / "s.sqlite3", emu.url, Credentials(AK_ID, AK_SECRET),
+            qps=200, options=RunOptions(), pacing=Pacing("local", tmp / "cache"), handle_signals=True,
+        )
+    print("run returned", flush=True)
+except KeyboardInterrupt:
+    print("the caller's handler", flush=True)
+state = State(tmp / "s.sqlite3")
+state.lock(0.0)  # the run let go of its state on the way out
+print(sum(state.counts().values()), "requests", flush=True)
+"""
+
+
+def test_a_sigterm_while_the_run_tears_down_goes_to_the_callers_handler(tmp_path: Path) -> None:
+    """A SIGTERM after the run's signal receiver has closed but before its event loop has ended (closing the
+    shared quota's store, a last progress write) goes to the caller's handler, the run's state closed: asyncio
+    left SIG_DFL there, so it killed `snapbatch run` before its summary and the metrics file's last write."""
+    done = subprocess.run(
+        [sys.executable, "-c", _TEARDOWN_SIGTERM, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.splitlines() == ["the caller's handler", "3 requests"], done.stderr

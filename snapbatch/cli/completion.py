@@ -162,7 +162,9 @@ async def _poll_async(
     stop = anyio.Event()
 
     async def signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        # the caller's handlers back as the receiver closes (asyncio leaves SIG_DFL): a second SIGTERM while the
+        # calls in flight finish, or one while the loop ends, goes to them instead of killing poll mid-way
+        with kept_signal_handlers(), anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             async for signum in received:
                 out.log(f"{signal.Signals(signum).name}: stopping after the calls in flight")
                 if metrics is not None:

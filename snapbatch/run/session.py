@@ -321,7 +321,10 @@ class _Session:
     async def signals(self, stop: anyio.Event, hard_stop: anyio.Event) -> None:
         # The receiver stays open for the whole run: a second signal must stop at once, not raise
         # KeyboardInterrupt through whatever happens to be running.
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        # The caller's handlers go back as the receiver closes (asyncio leaves SIG_DFL), not only when the event
+        # loop has ended: a SIGTERM while the run tears down (the last progress write, the store's close) would
+        # otherwise kill the process before its summary and the metrics file's last write.
+        with kept_signal_handlers(), anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             async for signum in received:
                 name = signal.Signals(signum).name
                 if not stop.is_set():
