@@ -10,11 +10,11 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 
@@ -513,36 +513,33 @@ def main(
     return code
 
 
-@contextmanager
-def _sigterm_deferred(wanted: bool) -> Iterator[None]:
-    """SIGTERM ignored for the moment of the last write (the exit follows at once): the metrics file then always
-    says how the command ended, instead of the last progress write's "running"."""
-    if not wanted or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager
-def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
-    """SIGTERM as Ctrl-C for run and poll outside their own signal handling (reading the manifest, say): exit
-    130 after the usual words and the metrics file's last write, not a silent death."""
+def _sigterm(wanted: bool, handler: Callable[[int, Any], None] | int) -> Iterator[None]:
+    """SIGTERM handled by ``handler`` in the block (for run and poll, in the main thread), then as before."""
     if not wanted or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
+    before = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:  # None: a handler set outside Python, which cannot be put back from here
         signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+def _sigterm_interrupts(wanted: bool) -> AbstractContextManager[None]:
+    """SIGTERM as Ctrl-C for run and poll outside their own signal handling (reading the manifest, say): exit
+    130 after the usual words and the metrics file's last write, not a silent death."""
+    return _sigterm(wanted, _interrupt)
+
+
+def _sigterm_deferred(wanted: bool) -> AbstractContextManager[None]:
+    """SIGTERM ignored for the moment of the last write (the exit follows at once): the metrics file then always
+    says how the command ended, instead of the last progress write's "running"."""
+    return _sigterm(wanted, signal.SIG_IGN)
 
 
 def _command(args: argparse.Namespace, environ: Mapping[str, str], out: Out, metrics: MetricsFile | None) -> int:
