@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 from urllib.parse import parse_qsl
@@ -200,3 +200,30 @@ def test_non_ascii_and_reserved_characters_are_encoded_as_the_sdk_encodes_them()
     assert f"UserData={expected_user_data}" in ours.url.query.decode()
     assert json.loads(dict(parse_qsl(ours.url.query.decode()))["UserData"]) == {"Extend": extend}
     assert ours.headers["authorization"] == sdk.headers["Authorization"]
+
+
+def test_each_request_is_dated_by_its_own_second_with_a_fresh_nonce() -> None:
+    """x-acs-date is the clock's second at each request (the formatted date is reused only within that
+    second), and every request gets a nonce of its own (32 hex digits, as the SDK's)."""
+    times = iter(
+        [
+            DATE,
+            DATE + timedelta(microseconds=999_999),
+            DATE + timedelta(seconds=1),
+            DATE + timedelta(seconds=1, microseconds=5),
+            DATE + timedelta(hours=1),
+            DATE,
+        ]
+    )
+    client = VodClient(f"https://{HOST}", Credentials("LTAIexample0000", "secret"), clock=lambda: next(times))
+    sent = [client.signed_request("SubmitSnapshotJob", {"VideoId": "v", "Count": "1"}) for _ in range(6)]
+    assert [r.headers["x-acs-date"] for r in sent] == [
+        "2026-11-25T12:00:07Z",
+        "2026-11-25T12:00:07Z",
+        "2026-11-25T12:00:08Z",
+        "2026-11-25T12:00:08Z",
+        "2026-11-25T13:00:07Z",
+        "2026-11-25T12:00:07Z",
+    ]
+    nonces = [r.headers["x-acs-signature-nonce"] for r in sent]
+    assert len(set(nonces)) == 6 and all(len(n) == 32 and int(n, 16) >= 0 for n in nonces)
