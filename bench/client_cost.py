@@ -10,7 +10,8 @@ quota itself costs from the noise), and the ratio column is to ``--quota off``.
 
 Each tool runs twice a round, with 1 call and with CALLS calls; the difference divided by CALLS - 1 is
 the marginal CPU a call, so interpreter start-up and imports are not counted. The tools alternate over
-ROUNDS rounds (default 3) and the table gives the median and the range.
+ROUNDS rounds (default 3) and the table gives the median and the range; the ratio is taken round by round
+(each tool against the reference's run of the same round), then its median and range.
 """
 
 from __future__ import annotations
@@ -90,13 +91,20 @@ def main() -> None:
                     (cpu1, _, _), (cpun, rss, wall) = measured
                     results[name].append(((cpun - cpu1) / (n - 1) * 1000, rss, n / wall))
     medians = {name: statistics.median(cpu for cpu, _, _ in runs) for name, runs in results.items()}
-    sdk = medians[tools[2] if len(tools) > 2 else tools[1]]
+    reference = tools[2] if len(tools) > 2 else tools[1]
+    # Each round's ratio is taken within the round (the reference ran moments before or after), so a slow spell
+    # of this VM, which can last minutes, moves both sides of a ratio alike; the table gives their median and range.
+    ratios = {
+        name: [cpu / ref for (cpu, _, _), (ref, _, _) in zip(runs, results[reference], strict=True)]
+        for name, runs in results.items()
+    }
     rows = [
         [
             name,
             f"{medians[name]:.3f}",
             f"{min(c for c, _, _ in runs):.3f}-{max(c for c, _, _ in runs):.3f}",
-            f"{medians[name] / sdk:.2f}",
+            f"{statistics.median(ratios[name]):.2f}",
+            f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}",
             f"{max(r for _, r, _ in runs):.0f}",
             f"{statistics.median(w for _, _, w in runs):.0f}",
         ]
@@ -110,6 +118,7 @@ def main() -> None:
                 "CPU s per 1,000 calls",
                 "range",
                 "ratio to SDK" if len(tools) > 2 else "ratio to --quota off",
+                "ratio range",
                 "peak RSS MiB",
                 "calls/s (wall)",
             ],
