@@ -167,13 +167,15 @@ class V3Signer:
         self, provider: CredentialsProvider, clock: Callable[[], datetime], nonce: Callable[[], str], host: str
     ) -> None:
         self.provider, self.clock, self.nonce, self.host = provider, clock, nonce, host
-        self._second: datetime | None = None  # the second x-acs-date was last formatted for, and how
+        self._second: int | None = None  # the second (since the epoch) x-acs-date was last formatted for, and how
         self._date = ""
 
     def _x_acs_date(self) -> str:
-        second = self.clock().replace(microsecond=0)
+        now = self.clock()
+        # by the instant, not the clock-face fields: a zone's 01:30 comes twice on the night clocks go back
+        second = math.floor(now.timestamp())
         if second != self._second:  # formatting costs more than the rest of the date header: once a second
-            self._second, self._date = second, iso_timestamp(second)
+            self._second, self._date = second, iso_timestamp(now)
         return self._date
 
     def headers(self, action: str, params: Mapping[str, str], credentials: Credentials) -> list[tuple[str, str]]:
