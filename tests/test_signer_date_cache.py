@@ -15,7 +15,7 @@ from snapbatch.vod.credentials import Credentials
 from snapbatch.vod.signing import encode
 
 TEXT = st.one_of(
-    st.text(st.characters(blacklist_categories=("Cs",))),
+    st.text(st.characters(exclude_categories=["Cs"])),
     st.text(st.sampled_from(list("aZ09_.~-*+% /&=?#\u00e9\u4e2d\U0001f600\n\x00\u212a")), max_size=20),
 )
 
