@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from snapbatch.errors import UsageError
-from snapbatch.run.limiter import MAX_MARGIN_S, Limiter, RateWindow
+from snapbatch.run.limiter import GROUP_S, MAX_MARGIN_S, Limiter, RateWindow, Started
 from snapbatch.run.margin import key_digest
 
 __all__ = [
@@ -529,43 +529,82 @@ class SharedLimiter(Limiter):
         self._backoff_s = _BACKOFF_FIRST_S
         self._missed_in_a_row = 0
 
-    async def acquire(self, before: Callable[[], Awaitable[None]] | None = None) -> float:
-        """As Limiter.acquire: ``before`` (the run's intent) is awaited once, when a slot has come, before the
-        store records the start."""
-        committed = False
+    async def acquire_many(
+        self, most: int, before: Callable[[int], Awaitable[None]] | None = None, started: Started | None = None
+    ) -> list[float]:
+        """As Limiter.acquire_many: ``before(n)`` (the run's intents) is awaited once, when the first slot has
+        come, before the store records any start; each call then starts as the store confirms its slot. A slot
+        lost meanwhile (a slow commit, the store away) is replaced by a fresh one for that call alone."""
         async with self._lock:
-            while True:
-                now = self.clock()
-                window_s = 1.0 + self.window.margin(now)
-                try:
-                    reservation = await self.store.reserve(window_s, window_s / self.window.rate(now), self.window.cap)
-                    received = self.clock()
-                    # The slot lies between now + delay and received + delay on this clock: wait for the
-                    # latest it can be, and use it only while that is within HOLD_S of the earliest.
-                    if reservation.delay_s > 0:
-                        await self.sleep(max(0.0, received + reservation.delay_s - self.clock()))
-                    start = self.clock()
-                    if start - (now + reservation.delay_s) > HOLD_S:
-                        await self._missed()
-                        continue
-                    if before is not None and not committed:
-                        await before()
-                        committed = True
-                        start = self.clock()
-                    recorded = await self.store.confirm(reservation)
-                    if recorded is None:  # stalled past the hold (e.g. a slow intent commit): the slot is gone
-                        await self._missed()
-                        continue
-                    self.recorded.append(recorded)
-                    self._missed_in_a_row = 0
-                except StoreUnavailable as exc:
-                    await self._unavailable(str(exc))
-                    continue
+            first, window_s, interval = await self._reserved()
+            group = [first]
+            if most > 1 and interval <= GROUP_S:
+                group += await self._together(window_s, interval, most - 1)
+            if before is not None:
+                await before(len(group))
+            times = []
+            for index, reservation in enumerate(group):
+                start = await self._confirmed(reservation)
+                self.admitted += 1
+                times.append(start)
+                if started is not None:
+                    started(index, start)
+            return times
+
+    async def _reserved(self) -> tuple[Reservation, float, float]:
+        """A reservation whose slot has come (waited for), with the window and interval it was asked with."""
+        while True:
+            now = self.clock()
+            window_s = 1.0 + self.window.margin(now)
+            interval = window_s / self.window.rate(now)
+            try:
+                reservation = await self.store.reserve(window_s, interval, self.window.cap)
+            except StoreUnavailable as exc:
+                await self._unavailable(str(exc))
+                continue
+            received = self.clock()
+            # The slot lies between now + delay and received + delay on this clock: wait for the latest it can
+            # be, and use it only while that is within HOLD_S of the earliest.
+            if reservation.delay_s > 0:
+                await self.sleep(max(0.0, received + reservation.delay_s - self.clock()))
+            if self.clock() - (now + reservation.delay_s) > HOLD_S:
+                await self._missed()
+                continue
+            return reservation, window_s, interval
+
+    async def _together(self, window_s: float, interval: float, most: int) -> list[Reservation]:
+        """Up to ``most`` more reservations whose slots come within GROUP_S. One that comes later is left
+        unconfirmed: it counts as starting HOLD_S after its slot, and is never used."""
+        group: list[Reservation] = []
+        while len(group) < most:
+            try:
+                reservation = await self.store.reserve(window_s, interval, self.window.cap)
+            except StoreUnavailable:
+                break  # the calls taken so far go on; the next admission waits for the store as usual
+            if reservation.delay_s > GROUP_S:
+                break
+            group.append(reservation)
+        return group
+
+    async def _confirmed(self, reservation: Reservation) -> float:
+        """The start the store records for ``reservation``, or, when its slot was lost, for a fresh one."""
+        while True:
+            try:
+                recorded = await self.store.confirm(reservation)
+            except StoreUnavailable as exc:
+                await self._unavailable(str(exc))
+                recorded = None
+            else:
+                if recorded is None:  # stalled past the hold (e.g. a slow intent commit): the slot is gone
+                    await self._missed()
+            if recorded is not None:
+                self.recorded.append(recorded)
+                self._missed_in_a_row = 0
                 if self._down_since is not None:
                     self._down_since, self._backoff_s = None, _BACKOFF_FIRST_S
                     self.on_store(None)
-                self.admitted += 1
-                return start
+                return recorded
+            reservation, _, _ = await self._reserved()
 
     async def _missed(self) -> None:
         """A slot given up. A store that answers slower than HOLD_S loses every slot: after a few in a row that
