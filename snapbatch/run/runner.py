@@ -27,6 +27,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from snapbatch.models import Outcome, OutcomeKind, RequestStatus
 from snapbatch.run.limiter import Limiter
@@ -137,6 +138,10 @@ class _Writer:
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     continue
+                if self._open and all(durable is None for _, durable in self._queue):
+                    # Outcomes alone wait no one: one more turn of the loop lets the answers read in it, and the
+                    # next intents, join them in this commit (a commit costs about what a call's answer does).
+                    await anyio.lowlevel.checkpoint()
                 queued, self._queue = self._queue, []
                 changes = [change for change, _ in queued]
                 # In the loop when no other write is under way: a thread's round trip for each intent cost more
