@@ -1,0 +1,89 @@
+"""review19: holes found in group admission (branch ``group``); each test fails on it and says what it pins."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from snapbatch.run.limiter import GROUP_S, Limiter, RateWindow
+from snapbatch.run.quota import HostFileStore, RedisStore, SharedLimiter
+from tests.redis_server import redis_server
+
+
+def test_a_late_wake_restarts_the_pace_instead_of_admitting_a_burst() -> None:
+    """A timer that wakes 100 ms after the slot (a busy loop) restarts the pace from now, as it did before
+    groups: only calls due within GROUP_S of each other go together, never the 100 ms of calls missed."""
+    clock = [10.0]
+    qps = 2000.0
+
+    async def late_sleep(seconds: float) -> None:
+        clock[0] += seconds + 0.1
+
+    async def go() -> list[float]:
+        limiter = Limiter(RateWindow(qps), clock=lambda: clock[0], sleep=late_sleep)
+        await limiter.acquire_many(1)
+        return await limiter.acquire_many(80)  # must wait for its slot, and wakes 100 ms late
+
+    times = anyio.run(go)
+    interval = (1.0 + limiter_margin()) / qps
+    assert len(times) <= 1 + math.ceil(GROUP_S / interval), f"{len(times)} calls admitted at once, all at {set(times)}"
+
+
+def limiter_margin() -> float:
+    return RateWindow(30).margin(0.0)
+
+
+def test_the_shared_quota_at_a_fast_pace_wastes_no_slot_per_admission(tmp_path: Path) -> None:
+    """At 1,100 qps through the host file, admissions of up to 16 keep the quota's pace: 600 calls take about
+    600 intervals on the injected clock, not half as long again (a reservation reserved past GROUP_S and left
+    unconfirmed at the end of each group is a slot no run on the key can use)."""
+    clock = [100.0]
+    qps = 1100.0
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async def go() -> tuple[int, float]:
+        store = HostFileStore(tmp_path / "k", clock=lambda: clock[0])
+        limiter = SharedLimiter(RateWindow(qps), store, clock=lambda: clock[0], sleep=sleep)
+        try:
+            await limiter.acquire_many(1)  # a fresh file: the first slot is a window away
+            began = clock[0]
+            calls = 0
+            while calls < 600:
+                calls += len(await limiter.acquire_many(16))
+        finally:
+            await store.aclose()
+        return calls, clock[0] - began
+
+    calls, elapsed = anyio.run(go)
+    interval = (1.0 + limiter_margin()) / qps
+    assert elapsed <= calls * interval * 1.05, f"{calls} calls took {elapsed / interval:.0f} intervals"
+
+
+def test_a_shared_acquire_returns_the_admission_time_on_the_runs_clock(tmp_path: Path) -> None:
+    """SharedLimiter.acquire returns when the call starts on the limiter's own clock, as Limiter.acquire does
+    (and as it did before groups): not Redis's clock, which callers cannot compare with theirs (the outage
+    test in test_quota compares admissions with time.monotonic() marks)."""
+
+    async def go(url: str) -> tuple[float, float, float]:
+        store = RedisStore(url, "k")
+        limiter = SharedLimiter(RateWindow(30), store)
+        try:
+            before = time.monotonic()
+            admitted = await limiter.acquire()
+            after = time.monotonic()
+        finally:
+            await store.aclose()
+        return before, admitted, after
+
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    with redis_server(tmp_path) as server:
+        before, admitted, after = anyio.run(go, server.url)
+    assert before <= admitted <= after + GROUP_S
