@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from snapbatch.run.limiter import GROUP_S, Limiter, RateWindow
@@ -87,3 +88,71 @@ def test_a_shared_acquire_returns_the_admission_time_on_the_runs_clock(tmp_path:
     with redis_server(tmp_path) as server:
         before, admitted, after = anyio.run(go, server.url)
     assert before <= admitted <= after + GROUP_S
+
+
+def test_a_run_sharing_the_quota_survives_a_lost_slot_and_a_stop_inside_a_group(tmp_path: Path) -> None:
+    """A run at a fast pace through the host file: the 3rd confirmation comes too late (the store's clock
+    jumps past the hold, so that call and the rest of its group each take a fresh slot) and a stop comes at
+    the 6th; every call made settled, each at most once, none left marked as being sent, the rest pending."""
+    from snapbatch.emulator import EmulatorConfig
+    from snapbatch.manifest.expand import expand, fingerprint
+    from snapbatch.manifest.load import load_manifest
+    from snapbatch.run.quota import HOLD_S, Reservation
+    from snapbatch.run.runner import RunOptions, RunResult, run_batch
+    from snapbatch.run.state import State
+    from snapbatch.vod.client import VodClient
+    from snapbatch.vod.credentials import Credentials
+    from tests.emulated import AK_ID, AK_SECRET, running
+    from tests.test_run import _manifest
+
+    clock = [1000.0]
+    stop = anyio.Event()
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        await anyio.lowlevel.checkpoint()
+
+    class Jumpy:
+        def __init__(self, inner: HostFileStore) -> None:
+            self.inner, self.name, self.confirms = inner, inner.name, 0
+
+        async def reserve(self, window_s: float, interval_s: float, cap: int) -> Reservation:
+            return await self.inner.reserve(window_s, interval_s, cap)
+
+        async def confirm(self, reservation: Reservation) -> float | None:
+            self.confirms += 1
+            if self.confirms == 3:
+                clock[0] += HOLD_S + 0.1
+            if self.confirms == 6:
+                stop.set()
+            return await self.inner.confirm(reservation)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    manifest = load_manifest(_manifest(tmp_path, 200), {})
+    state = State(tmp_path / "s.sqlite3")
+    state.ingest(expand(manifest), fingerprint(manifest), manifest.batch)
+
+    async def go() -> tuple[RunResult, SharedLimiter]:
+        store = Jumpy(HostFileStore(tmp_path / "q", clock=lambda: clock[0]))
+        limiter = SharedLimiter(RateWindow(1_000_000), store, clock=lambda: clock[0], sleep=sleep)
+        try:
+            with anyio.fail_after(60):
+                async with VodClient(emu.url, Credentials(AK_ID, AK_SECRET), max_connections=16) as client:
+                    result = await run_batch(state, client, limiter, RunOptions(concurrency=16), stop=stop)
+        finally:
+            await store.aclose()
+        return result, limiter
+
+    try:
+        with running(EmulatorConfig(qps=1_000_000)) as emu:
+            result, limiter = anyio.run(go)
+            calls = emu.emulator.calls
+        videos = [c["params"]["VideoId"] for c in calls if c.get("outcome") == "accepted"]
+        counts = state.counts()
+        assert len(videos) == len(set(videos)) == result.calls == result.submitted == counts["submitted"]
+        assert counts["sending"] == 0 and counts["pending"] == 200 - result.submitted
+        assert limiter.missed >= 1 and result.stop_reason == "interrupted"
+    finally:
+        state.close()
