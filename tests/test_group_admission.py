@@ -104,7 +104,7 @@ def test_at_a_fast_pace_due_calls_go_together_and_at_30_per_second_one_by_one() 
 
 def test_the_host_file_confirms_each_call_of_a_group(tmp_path: Path) -> None:
     """Sharing the quota through the host file, an admission of 8 with the limit lifted reserves and confirms
-    8 slots (each call recorded in the file as it starts); at qps 30 one."""
+    8 slots (each call recorded in the file as it starts); at qps 30 one. The times returned are the run's."""
 
     async def admit(qps: float, name: str) -> tuple[list[float], dict[int, float]]:
         store = HostFileStore(tmp_path / name)
@@ -116,9 +116,10 @@ def test_the_host_file_confirms_each_call_of_a_group(tmp_path: Path) -> None:
         return times, HostFileStore.confirmed_starts(tmp_path / name)
 
     times, confirmed = anyio.run(admit, 1_000_000, "fast")
-    assert len(times) == 8 and sorted(confirmed.values()) == times
+    # the file records each start as it confirms it, at or after the moment the run asked (same clock)
+    assert len(times) == 8 and all(r >= t for r, t in zip(sorted(confirmed.values()), times, strict=True))
     times, confirmed = anyio.run(admit, 30, "slow")
-    assert len(times) == 1 and list(confirmed.values()) == times
+    assert len(times) == 1 and len(confirmed) == 1 and next(iter(confirmed.values())) >= times[0]
 
 
 def test_a_run_at_a_fast_pace_commits_intents_together_and_sends_each_once(tmp_path: Path) -> None:

@@ -187,13 +187,14 @@ class Limiter:
             if slot > now:
                 await self.sleep(slot - now)
             woke = self.clock()
-            slots = [slot, *self.window.together(slot, woke, most - 1)]
+            # A wake-up much later than the slot (a busy loop) restarts the pace from now, and takes no calls
+            # with it: the slots it missed are not made up in a burst. The time ``before`` took does not: the
+            # window keeps the real start, so the pace may stay on its schedule.
+            late = woke - slot > self.window.base_margin_s
+            slots = [slot] if late else [slot, *self.window.together(slot, woke, most - 1)]
             if before is not None:
                 await before(len(slots))
             now = self.clock()
-            # A wake-up much later than the slot (a busy loop) restarts the pace from now. The time ``before``
-            # took does not: the window keeps the real start, so the pace may stay on its schedule.
-            late = woke - slot > self.window.base_margin_s
             times = []
             for index, due in enumerate(slots):
                 at = max(now, due)  # a call taken with the first is never recorded before its own slot

@@ -528,13 +528,16 @@ class SharedLimiter(Limiter):
         self._down_since: float | None = None
         self._backoff_s = _BACKOFF_FIRST_S
         self._missed_in_a_row = 0
+        # a reservation a group took but could not use (its slot a little later): the next admission's first
+        self._spare: tuple[Reservation, float, float, float, float] | None = None
 
     async def acquire_many(
         self, most: int, before: Callable[[int], Awaitable[None]] | None = None, started: Started | None = None
     ) -> list[float]:
         """As Limiter.acquire_many: ``before(n)`` (the run's intents) is awaited once, when the first slot has
         come, before the store records any start; each call then starts as the store confirms its slot. A slot
-        lost meanwhile (a slow commit, the store away) is replaced by a fresh one for that call alone."""
+        lost meanwhile (a slow commit, the store away) is replaced by a fresh one for that call alone. Returns
+        the admission times on this run's clock."""
         async with self._lock:
             first, window_s, interval = await self._reserved()
             group = [first]
@@ -552,17 +555,21 @@ class SharedLimiter(Limiter):
             return times
 
     async def _reserved(self) -> tuple[Reservation, float, float]:
-        """A reservation whose slot has come (waited for), with the window and interval it was asked with."""
+        """A reservation whose slot has come (waited for), with the window and interval it was asked with: the
+        one the last group left for later (see _together) if any, else a new one."""
         while True:
-            now = self.clock()
-            window_s = 1.0 + self.window.margin(now)
-            interval = window_s / self.window.rate(now)
-            try:
-                reservation = await self.store.reserve(window_s, interval, self.window.cap)
-            except StoreUnavailable as exc:
-                await self._unavailable(str(exc))
-                continue
-            received = self.clock()
+            if self._spare is not None:
+                (reservation, now, received, window_s, interval), self._spare = self._spare, None
+            else:
+                now = self.clock()
+                window_s = 1.0 + self.window.margin(now)
+                interval = window_s / self.window.rate(now)
+                try:
+                    reservation = await self.store.reserve(window_s, interval, self.window.cap)
+                except StoreUnavailable as exc:
+                    await self._unavailable(str(exc))
+                    continue
+                received = self.clock()
             # The slot lies between now + delay and received + delay on this clock: wait for the latest it can
             # be, and use it only while that is within HOLD_S of the earliest.
             if reservation.delay_s > 0:
@@ -573,22 +580,27 @@ class SharedLimiter(Limiter):
             return reservation, window_s, interval
 
     async def _together(self, window_s: float, interval: float, most: int) -> list[Reservation]:
-        """Up to ``most`` more reservations whose slots come within GROUP_S. One that comes later is left
-        unconfirmed: it counts as starting HOLD_S after its slot, and is never used."""
+        """Up to ``most`` more reservations whose slots come within GROUP_S. The first that comes later is kept
+        for the next admission (it is the next slot in the sequence), not dropped: a slot dropped is one the
+        sequence counts but no call uses."""
         group: list[Reservation] = []
         while len(group) < most:
+            now = self.clock()
             try:
                 reservation = await self.store.reserve(window_s, interval, self.window.cap)
             except StoreUnavailable:
                 break  # the calls taken so far go on; the next admission waits for the store as usual
             if reservation.delay_s > GROUP_S:
+                self._spare = (reservation, now, self.clock(), window_s, interval)
                 break
             group.append(reservation)
         return group
 
     async def _confirmed(self, reservation: Reservation) -> float:
-        """The start the store records for ``reservation``, or, when its slot was lost, for a fresh one."""
+        """The call's start on this run's clock, once the store has recorded it for ``reservation``, or, when
+        that slot was lost, for a fresh one."""
         while True:
+            start = self.clock()
             try:
                 recorded = await self.store.confirm(reservation)
             except StoreUnavailable as exc:
@@ -603,7 +615,7 @@ class SharedLimiter(Limiter):
                 if self._down_since is not None:
                     self._down_since, self._backoff_s = None, _BACKOFF_FIRST_S
                     self.on_store(None)
-                return recorded
+                return start
             reservation, _, _ = await self._reserved()
 
     async def _missed(self) -> None:

@@ -1,4 +1,5 @@
-"""review19: holes found in group admission (branch ``group``); each test fails on it and says what it pins."""
+"""Group admission at its edges: a late wake, the shared quota at just over 1,000 calls/s, the run's clock, a group
+that loses its slots and is stopped midway (found by review)."""
 
 from __future__ import annotations
 
