@@ -197,7 +197,8 @@ class Limiter:
             now = self.clock()
             times = []
             for index, due in enumerate(slots):
-                at = max(now, due)  # a call taken with the first is never recorded before its own slot
+                # the first's slot has come (a sleep's rounding aside); those taken with it: never before their own
+                at = now if index == 0 else max(now, due)
                 self.window.admit(at, at if late else due)
                 self.admitted += 1
                 times.append(at)
