@@ -21,6 +21,25 @@ def key_env() -> dict[str, str]:
     return {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
 
 
+def snapbatch_lifted(manifest: Path, url: str, state: Path) -> list[str]:
+    """`snapbatch run` of ``manifest`` against ``url`` with the limit lifted, 16 in flight, state in ``state``."""
+    return [
+        sys.executable,
+        "-m",
+        "snapbatch",
+        "run",
+        str(manifest),
+        "--endpoint",
+        url,
+        "--qps",
+        "1000000",
+        "--concurrency",
+        "16",
+        "--state",
+        str(state),
+    ]
+
+
 def baseline(kind: str, url: str, qps: float, workers: int, ids: Path) -> list[str]:
     """The command running a baseline of bench/baselines.py (``sdk`` or ``aiolimiter``) with the emulator's key."""
     return [sys.executable, str(BASELINES), kind, url, KEY_ID, KEY_SECRET, f"{qps:g}", str(workers), str(ids)]

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import baseline, emulator, key_env
+from _emulator import baseline, emulator, key_env, snapbatch_lifted
 from _measure import table
 
 
@@ -67,21 +67,11 @@ def main() -> None:
                     measured = []
                     for count in (1, n):
                         if name.startswith("snapbatch"):
-                            command = [
-                                sys.executable,
-                                "-m",
-                                "snapbatch",
-                                "run",
-                                str(root / f"m-{count}.yaml"),
-                                "--endpoint",
+                            command = snapbatch_lifted(
+                                root / f"m-{count}.yaml",
                                 served.url,
-                                "--qps",
-                                "1000000",
-                                "--concurrency",
-                                "16",
-                                "--state",
-                                str(root / f"s-{round_}-{count}-{tools.index(name)}.sqlite3"),
-                            ]
+                                root / f"s-{round_}-{count}-{tools.index(name)}.sqlite3",
+                            )
                             if "--quota off" in name:  # the host's shared-quota file left out: what it costs
                                 command += ["--quota", "off"]
                         else:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import baseline, emulator, key_env
+from _emulator import baseline, emulator, key_env, snapbatch_lifted
 from _measure import table
 
 HTTP_STACK = Path(__file__).parent / "http_stack.py"
@@ -63,21 +63,7 @@ def command_for(row: str, url: str, root: Path, count: int) -> list[str]:
     if row.startswith("official"):
         return baseline("sdk3" if "V3" in row else "sdk", url, 1_000_000, 16, ids)
     if row.startswith("snapbatch run"):
-        command = [
-            sys.executable,
-            "-m",
-            "snapbatch",
-            "run",
-            str(root / f"m-{count}.yaml"),
-            "--endpoint",
-            url,
-            "--qps",
-            "1000000",
-            "--concurrency",
-            "16",
-            "--state",
-            str(root / f"s-{time.monotonic_ns()}.sqlite3"),
-        ]
+        command = snapbatch_lifted(root / f"m-{count}.yaml", url, root / f"s-{time.monotonic_ns()}.sqlite3")
         return command + (["--quota", "off"] if "--quota off" in row else [])
     variant = "snapbatch VodClient.submit, 16 tasks" if "VodClient" in row else "httpx transport, 16 tasks"
     # http_stack's child warms up with 100 calls of its own before the counted ones: the same in both runs

@@ -11,7 +11,7 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapbatch.emulator import EmulatorConfig, busiest_window
+from snapbatch.emulator import EmulatorConfig
 from snapbatch.manifest.expand import expand, fingerprint
 from snapbatch.manifest.load import load_manifest
 from snapbatch.run.limiter import DEFAULT_MARGIN_S, GROUP_S, Limiter, RateWindow
@@ -21,6 +21,7 @@ from snapbatch.run.state import Intent, State
 from snapbatch.vod.client import VodClient
 from snapbatch.vod.credentials import Credentials
 from tests.emulated import AK_ID, AK_SECRET, running
+from tests.test_limiter import assert_the_window_guarantee
 from tests.test_run import _manifest
 
 
@@ -72,13 +73,7 @@ def test_groups_keep_the_guarantee_exactly(
                 limiter.throttled()
         return starts
 
-    starts = anyio.run(go)
-    cap = max(1, math.floor(qps))
-    times = [t for t, _ in starts]
-    assert times == sorted(times)
-    for i in range(cap, len(starts)):
-        assert times[i] - times[i - cap] >= 1.0 + starts[i][1] - 1e-9
-    assert busiest_window(times, 1.0 + DEFAULT_MARGIN_S - 1e-9) <= cap
+    assert_the_window_guarantee(anyio.run(go), qps)
 
 
 def test_at_a_fast_pace_due_calls_go_together_and_at_30_per_second_one_by_one() -> None:

@@ -150,7 +150,12 @@ def test_admitted_start_times_keep_the_guarantee_exactly(
                 limiter.throttled()
         return starts
 
-    starts = anyio.run(go)
+    assert_the_window_guarantee(anyio.run(go), qps)
+
+
+def assert_the_window_guarantee(starts: list[tuple[float, float]], qps: float) -> None:
+    """Of the (start, margin in force) recorded, in order: never more than max(1, floor(qps)) in any window of
+    1 s + the margin in force when the last of them started, so never more in any 1 s + base margin window."""
     cap = max(1, math.floor(qps))
     times = [t for t, _ in starts]
     assert times == sorted(times)
