@@ -560,6 +560,8 @@ class SharedLimiter(Limiter):
         while True:
             if self._spare is not None:
                 (reservation, now, received, window_s, interval), self._spare = self._spare, None
+                if self.clock() - (now + reservation.delay_s) > HOLD_S:
+                    continue  # left over from a group long ago (the run paused): not a slot this run missed
             else:
                 now = self.clock()
                 window_s = 1.0 + self.window.margin(now)
