@@ -148,7 +148,8 @@ class LimiterStatistics:
 
 
 class Limiter:
-    """Admits callers one at a time at the RateWindow's pace."""
+    """Admits callers at the RateWindow's pace: one at a time, or at a pace of a call every GROUP_S or faster, those
+    due within GROUP_S of each other together (acquire_many)."""
 
     def __init__(
         self,
