@@ -21,23 +21,14 @@ def key_env() -> dict[str, str]:
     return {**os.environ, "ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET}
 
 
+def snapbatch_run(manifest: Path, url: str, *args: str) -> list[str]:
+    """`snapbatch run` of ``manifest`` against the emulator at ``url``, with ``args``."""
+    return [sys.executable, "-m", "snapbatch", "run", str(manifest), "--endpoint", url, *args]
+
+
 def snapbatch_lifted(manifest: Path, url: str, state: Path) -> list[str]:
     """`snapbatch run` of ``manifest`` against ``url`` with the limit lifted, 16 in flight, state in ``state``."""
-    return [
-        sys.executable,
-        "-m",
-        "snapbatch",
-        "run",
-        str(manifest),
-        "--endpoint",
-        url,
-        "--qps",
-        "1000000",
-        "--concurrency",
-        "16",
-        "--state",
-        str(state),
-    ]
+    return snapbatch_run(manifest, url, "--qps", "1000000", "--concurrency", "16", "--state", str(state))
 
 
 def baseline(kind: str, url: str, qps: float, workers: int, ids: Path) -> list[str]:

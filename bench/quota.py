@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import baseline, emulator, key_env, server_view
+from _emulator import baseline, emulator, key_env, server_view, snapbatch_run
 from _measure import table
 
 SCENARIOS = (
@@ -99,17 +99,7 @@ def repeated(n: int, repeat: int) -> None:
 
 
 def snapbatch_command(manifest: Path) -> Callable[[str, str], list[str]]:
-    return lambda url, state: [
-        sys.executable,
-        "-m",
-        "snapbatch",
-        "run",
-        str(manifest),
-        "--endpoint",
-        url,
-        "--state",
-        state,
-    ]
+    return lambda url, state: snapbatch_run(manifest, url, "--state", state)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _emulator import emulator, key_env
+from _emulator import emulator, key_env, snapbatch_run
 from _measure import table
 
 FAULTS = [
@@ -49,17 +49,7 @@ def main() -> None:
         in_flight = 0
         codes: list[int] = []  # of the runs to the end, in order
         with emulator(root, "--qps", "400", "--latency-ms", "5", "60", "--seed", "1", *FAULTS) as served:
-            command = [
-                sys.executable,
-                "-m",
-                "snapbatch",
-                "run",
-                str(manifest),
-                "--endpoint",
-                served.url,
-                "--qps",
-                "300",
-            ]
+            command = snapbatch_run(manifest, served.url, "--qps", "300")
             for _ in range(rounds):
                 proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(rnd.uniform(0.3, 2.5))
